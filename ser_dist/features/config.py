@@ -1,0 +1,131 @@
+"""Feature types and their typed configs. A config's hash names the stored version of its features."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from ser_dist.errors import ConfigError, UnknownNameError
+
+
+class FeatureType(StrEnum):
+    LOGMEL = "LOGMEL"
+    HUBERT = "HUBERT"  # any transformers speech encoder; HuBERT-base is the default
+    FUSION = "FUSION"  # LOGMEL on the encoder's frame grid, concatenated per frame
+
+    @classmethod
+    def parse(cls, name: str) -> FeatureType:
+        try:
+            return cls(name.upper())
+        except ValueError:
+            raise UnknownNameError("feature type", name, [t.value for t in cls]) from None
+
+    @property
+    def uses_encoder(self) -> bool:
+        return self is not FeatureType.LOGMEL
+
+
+@dataclass(frozen=True)
+class LogMelConfig:
+    """Log mel spectrogram: 128 bands, 25 ms Hann window, 10 ms hop at 16 kHz, natural log with a floor."""
+
+    sample_rate: int = 16_000
+    n_mels: int = 128
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms -> 100 frames/s
+    n_fft: int = 512
+    f_min: float = 0.0
+    f_max: float = 8_000.0
+    log_floor: float = 1e-6  # log(max(power, floor))
+
+    def __post_init__(self):
+        if self.win_length > self.n_fft:
+            raise ConfigError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ConfigError(f"need 0 <= f_min < f_max <= {self.sample_rate / 2}, got {self.f_min}, {self.f_max}")
+
+
+DEFAULT_SSL_MODEL = "facebook/hubert-base-ls960"
+
+
+@dataclass(frozen=True)
+class SSLConfig:
+    """A transformers speech encoder (HuBERT, wav2vec 2.0, WavLM, Whisper) and the layer(s) to keep.
+
+    `layers` index `hidden_states` (0 = the embedding/CNN output, -1 = the last layer); several
+    indices are averaged.
+    """
+
+    model: str = DEFAULT_SSL_MODEL  # local directory or hub id
+    layers: tuple[int, ...] = (-1,)
+    half_on_gpu: bool = True
+    max_batch_seconds: float = 64.0  # audio seconds per encoder call (length-grouped batches)
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ConfigError("SSLConfig.layers must name at least one hidden layer")
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+    @property
+    def is_default_hubert(self) -> bool:
+        return self.model.rstrip("/").endswith("hubert-base-ls960")
+
+    @property
+    def slug(self) -> str:
+        """Short folder-safe name of the encoder and layers, e.g. 'whisper-tiny.en-L2'."""
+        name = re.sub(r"[^A-Za-z0-9._-]+", "-", self.model.rstrip("/").split("/")[-1])
+        return f"{name}-L{'+'.join(str(x) for x in self.layers)}"
+
+
+StorageDtype = Literal["float32", "float16"]
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    feature_type: FeatureType = FeatureType.LOGMEL
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    storage_dtype: StorageDtype = "float32"
+
+    def __post_init__(self):
+        if self.storage_dtype not in ("float32", "float16"):
+            raise UnknownNameError("storage dtype", self.storage_dtype, ["float32", "float16"])
+
+    def to_dict(self) -> dict:
+        out = {"feature_type": self.feature_type.value, "storage_dtype": self.storage_dtype}
+        if self.feature_type is not FeatureType.HUBERT:
+            out["logmel"] = asdict(self.logmel)
+        if self.feature_type.uses_encoder:
+            ssl = asdict(self.ssl)
+            ssl["layers"] = list(self.ssl.layers)
+            ssl.pop("max_batch_seconds")  # batching does not change the features
+            out["ssl"] = ssl
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FeatureConfig:
+        ssl = dict(data.get("ssl") or {})
+        if "layers" in ssl:
+            ssl["layers"] = tuple(ssl["layers"])
+        return cls(
+            feature_type=FeatureType.parse(data["feature_type"]),
+            logmel=LogMelConfig(**(data.get("logmel") or {})),
+            ssl=SSLConfig(**ssl),
+            storage_dtype=data.get("storage_dtype", "float32"),
+        )
+
+    def version(self) -> str:
+        """Stable 10-hex-digit hash of everything that changes the stored numbers."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def dataset_name(self, corpus: str) -> str:
+        """`{CORPUS}_{TYPE}` for LOGMEL and the default HuBERT; other encoders get their own name."""
+        name = f"{corpus}_{self.feature_type.value}"
+        if self.feature_type.uses_encoder and not self.ssl.is_default_hubert:
+            name += f"_{self.ssl.slug}"
+        return name
