@@ -1,0 +1,77 @@
+"""The library calls behind the CLI and the Ray job entrypoints: prepare a corpus, extract features."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ser_dist.corpora import corpus_name, corpus_root, prepare_with_report
+from ser_dist.corpora.base import OnError
+from ser_dist.features.config import FeatureConfig, FeatureType, SSLConfig
+from ser_dist.features.extract import ExtractionOptions, ExtractionResult, extract_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    corpus: str = "EMODB"
+    data_root: str = "data/raw"  # holds emodb/, ravdess/, iemocap/ in their published layouts
+    out: str = "data/manifests"
+    on_error: OnError = "raise"
+    iemocap_label_set: str = "four"
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    corpus: str = "EMODB"
+    features: str = "LOGMEL"
+    data_root: str = "data/raw"
+    out: str = "data/features"
+    ssl_model: str = SSLConfig.model
+    ssl_layers: tuple[int, ...] = SSLConfig.layers
+    storage_dtype: str = "float32"
+    on_error: OnError = "skip"  # bad files are skipped and listed in metadata.json
+    iemocap_label_set: str = "four"
+    extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
+
+    def feature_config(self) -> FeatureConfig:
+        return FeatureConfig(
+            feature_type=FeatureType.parse(self.features),
+            ssl=SSLConfig(model=self.ssl_model, layers=tuple(self.ssl_layers)),
+            storage_dtype=self.storage_dtype,
+        )
+
+
+def prepare_corpus(config: PrepareConfig) -> tuple[pd.DataFrame, Path]:
+    """Write `<out>/<CORPUS>.parquet` (the manifest) and `<CORPUS>.prepare_report.json`."""
+    corpus = corpus_name(config.corpus)
+    options = {"label_set": config.iemocap_label_set} if corpus == "IEMOCAP" else {}
+    manifest, report = prepare_with_report(corpus, corpus_root(config.data_root, corpus), on_error=config.on_error, **options)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(out / f"{corpus}.parquet", index=False)
+    (out / f"{corpus}.prepare_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+    logger.info("%s: %d utterances, %d skipped -> %s", corpus, len(manifest), len(report.skipped), out / f"{corpus}.parquet")
+    return manifest, out / f"{corpus}.parquet"
+
+
+def extract(config: ExtractConfig) -> ExtractionResult:
+    """Prepare the corpus and extract its features into the Parquet store (resumable)."""
+    corpus = corpus_name(config.corpus)
+    options = {"label_set": config.iemocap_label_set} if corpus == "IEMOCAP" else {}
+    manifest, report = prepare_with_report(corpus, corpus_root(config.data_root, corpus), on_error=config.on_error, **options)
+    for item in report.skipped:
+        logger.warning("prepare skipped %s: %s", item.path, item.reason)
+    result = extract_features(manifest, config.feature_config(), config.out, corpus=corpus, options=config.extraction)
+    if report.skipped:  # files the reader refused are listed beside the ones the audio loader refused
+        from ser_dist.features.store import read_metadata, write_metadata
+
+        metadata = read_metadata(result.directory)
+        metadata["prepare_skipped"] = report.to_dict()["skipped"]
+        write_metadata(result.directory, metadata)
+    return result

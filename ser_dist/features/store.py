@@ -1,0 +1,189 @@
+"""Parquet feature store: one folder per (corpus, feature config), written atomically, readable without Ray.
+
+Layout::
+
+    <out>/<TYPE>/<CORPUS>_<TYPE>[_<encoder>]/v_<config hash>/
+        part-<uuid>.parquet   one per extraction batch, renamed into place only when complete
+        metadata.json         feature config, encoder id and weight hash, counts, skipped files
+
+Each row is one utterance: utterance_id, corpus, speaker, gender, session, label, n_frames, dim and
+`features`, the (n_frames, dim) matrix flattened row-major into a list of float32 (or float16).
+A changed config hashes to another version folder, so versions never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ser_dist.errors import FeatureStoreError
+from ser_dist.features.config import FeatureConfig
+
+META_COLUMNS: tuple[str, ...] = ("utterance_id", "corpus", "speaker", "gender", "session", "label")
+METADATA_FILE = "metadata.json"
+PART_PREFIX = "part-"
+TMP_PREFIX = ".tmp-"
+PROVENANCE_KEY = "ser_dist.provenance"
+
+
+def dataset_dir(out_root: Path | str, config: FeatureConfig, corpus: str) -> Path:
+    """`<out>/<TYPE>/<CORPUS>_<TYPE>[_<encoder>]` (all versions of one corpus and feature type)."""
+    return Path(out_root) / config.feature_type.value / config.dataset_name(corpus)
+
+
+def version_dir(out_root: Path | str, config: FeatureConfig, corpus: str) -> Path:
+    return dataset_dir(out_root, config, corpus) / f"v_{config.version()}"
+
+
+def feature_schema(storage_dtype: str) -> pa.Schema:
+    value_type = pa.float16() if storage_dtype == "float16" else pa.float32()
+    fields = [pa.field(name, pa.string()) for name in META_COLUMNS]
+    fields += [pa.field("n_frames", pa.int32()), pa.field("dim", pa.int32()), pa.field("features", pa.large_list(value_type))]
+    return pa.schema(fields)
+
+
+def features_to_table(
+    rows: pd.DataFrame, matrices: list[np.ndarray], storage_dtype: str, *, provenance: dict | None = None
+) -> pa.Table:
+    """Manifest rows + one (T, D) matrix each -> an Arrow table in the store's schema.
+
+    `provenance` (e.g. the encoder id and weight hash) is kept in the Parquet schema metadata.
+    """
+    np_dtype = np.float16 if storage_dtype == "float16" else np.float32
+    flat = [np.ascontiguousarray(m, dtype=np_dtype).reshape(-1) for m in matrices]
+    schema = feature_schema(storage_dtype)
+    columns = {name: pa.array(rows[name].astype(str).tolist(), pa.string()) for name in META_COLUMNS}
+    columns["n_frames"] = pa.array([m.shape[0] for m in matrices], pa.int32())
+    columns["dim"] = pa.array([m.shape[1] for m in matrices], pa.int32())
+    offsets = np.concatenate([[0], np.cumsum([f.size for f in flat])]).astype(np.int64)
+    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np_dtype), schema.field("features").type.value_type)
+    columns["features"] = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
+    if provenance:
+        schema = schema.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True)})
+    return pa.table(columns, schema=schema)
+
+
+def read_part_provenance(path: Path) -> dict:
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(PROVENANCE_KEY.encode())
+    return json.loads(raw) if raw else {}
+
+
+def write_part_atomically(directory: Path, table: pa.Table) -> Path:
+    """Write to a hidden temp name, then rename: readers never see a half-written part."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"{PART_PREFIX}{uuid.uuid4().hex}.parquet"
+    tmp = directory / f"{TMP_PREFIX}{name}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, directory / name)
+    return directory / name
+
+
+def part_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"{PART_PREFIX}*.parquet")) if directory.is_dir() else []
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete temp files an interrupted run left behind; returns how many."""
+    stale = list(directory.glob(f"{TMP_PREFIX}*")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def stored_utterance_ids(directory: Path) -> set[str]:
+    """Ids already written (reads only the id column of each complete part)."""
+    ids: set[str] = set()
+    for path in part_files(directory):
+        ids.update(pq.read_table(path, columns=["utterance_id"]).column(0).to_pylist())
+    return ids
+
+
+def write_metadata(directory: Path, metadata: dict) -> None:
+    tmp = directory / f"{TMP_PREFIX}{METADATA_FILE}"
+    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
+    os.replace(tmp, directory / METADATA_FILE)
+
+
+def read_metadata(directory: Path) -> dict | None:
+    path = directory / METADATA_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resolve_version(path: Path | str, *, version: str | None = None) -> Path:
+    """A dataset folder (`.../EMODB_LOGMEL`) or a version folder -> the complete version folder to read.
+
+    With several complete versions and no `version`, the most recently completed one is used.
+    """
+    path = Path(path)
+    if (path / METADATA_FILE).is_file() or part_files(path):
+        return path
+    if not path.is_dir():
+        raise FeatureStoreError(f"no features at {path}; run `ser-dist extract` first (or check --features-dir)")
+    versions = sorted(p for p in path.glob("v_*") if p.is_dir())
+    if version is not None:
+        chosen = path / (version if version.startswith("v_") else f"v_{version}")
+        if chosen not in versions:
+            raise FeatureStoreError(f"version {version} not found under {path}; found {[v.name for v in versions]}")
+        return chosen
+    complete = [(read_metadata(v) or {}, v) for v in versions]
+    complete = [(m, v) for m, v in complete if m.get("status") == "complete"]
+    if not complete:
+        raise FeatureStoreError(
+            f"no complete feature version under {path} (found {[v.name for v in versions] or 'none'}); "
+            "rerun `ser-dist extract` to finish it"
+        )
+    return max(complete, key=lambda mv: mv[0].get("completed_at", ""))[1]
+
+
+@dataclass
+class FeatureTable:
+    """Features of one corpus in memory: `meta` rows aligned with `features` ((T_i, D) float32 each)."""
+
+    meta: pd.DataFrame
+    features: list[np.ndarray]
+    metadata: dict
+    path: Path
+
+    @property
+    def dim(self) -> int:
+        return int(self.features[0].shape[1]) if self.features else int(self.metadata.get("dim", 0))
+
+    def subset(self, positions: np.ndarray) -> FeatureTable:
+        positions = np.asarray(positions, dtype=np.int64)
+        meta = self.meta.iloc[positions].reset_index(drop=True)
+        return FeatureTable(meta, [self.features[i] for i in positions], self.metadata, self.path)
+
+
+def load_features(path: Path | str, *, version: str | None = None, require_complete: bool = True) -> FeatureTable:
+    """Read a stored feature version (rows sorted by utterance_id) into memory."""
+    directory = resolve_version(path, version=version)
+    metadata = read_metadata(directory) or {}
+    if require_complete and metadata.get("status") != "complete":
+        raise FeatureStoreError(f"features at {directory} are incomplete (no finished metadata.json); rerun `ser-dist extract`")
+    parts = part_files(directory)
+    if not parts:
+        raise FeatureStoreError(f"no part files in {directory}")
+    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    meta = table.select(list(META_COLUMNS) + ["n_frames", "dim"]).to_pandas()
+    column = table.column("features").combine_chunks()
+    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    offsets = column.offsets.to_numpy()
+    features = [
+        values[offsets[i] : offsets[i + 1]].reshape(int(t), int(d))
+        for i, (t, d) in enumerate(zip(meta["n_frames"], meta["dim"], strict=True))
+    ]
+    order = np.argsort(meta["utterance_id"].to_numpy(), kind="stable")
+    meta = meta.iloc[order].reset_index(drop=True)
+    features = [features[i] for i in order]
+    if meta["utterance_id"].duplicated().any():
+        raise FeatureStoreError(f"{directory} holds duplicate utterance ids; delete the folder and extract again")
+    return FeatureTable(meta, features, metadata, directory)
