@@ -39,8 +39,15 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 _CONFIG_FILES = ["config.json", "preprocessor_config.json"]
-_WEIGHT_PATTERNS = ("model*.safetensors", "pytorch_model*.bin")  # safetensors first, as transformers loads them
-_LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError)  # what transformers / huggingface_hub raise on a bad source
+_WEIGHT_PATTERNS = (
+    "model*.safetensors",
+    "pytorch_model*.bin",
+)  # safetensors first, as transformers loads them
+_LOAD_ERRORS = (
+    OSError,
+    ValueError,
+    EntryNotFoundError,
+)  # what transformers / huggingface_hub raise on a bad source
 _HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -60,13 +67,20 @@ class SSLEncoder:
         source, folder, local_only = _locate(config.model)
         hf_config = _load(AutoConfig.from_pretrained, str(folder), local_only=True, model=config.model)
         self.family = _family_of(hf_config, config.model)
-        n_layers = hf_config.encoder_layers if self.family is EncoderFamily.WHISPER else hf_config.num_hidden_layers
+        n_layers = (
+            hf_config.encoder_layers if self.family is EncoderFamily.WHISPER else hf_config.num_hidden_layers
+        )
         self.n_hidden_states = n_layers + 1  # embeddings/CNN output + one per block
         self.layers = _check_layers(config.layers, self.n_hidden_states, config.model)
         self.dtype = torch.float16 if self.device.type == "cuda" and config.half_on_gpu else torch.float32
         # transformers 5 loads with dtype="auto" by default (float16 for whisper-tiny.en): ask for ours.
         model = _load(
-            AutoModel.from_pretrained, source, local_only=local_only, model=config.model, config=hf_config, dtype=self.dtype
+            AutoModel.from_pretrained,
+            source,
+            local_only=local_only,
+            model=config.model,
+            config=hf_config,
+            dtype=self.dtype,
         )
         if self.family is EncoderFamily.WHISPER:
             model = model.get_encoder()  # the decoder is dropped with `model`
@@ -85,7 +99,13 @@ class SSLEncoder:
             self.frame_rate = SAMPLE_RATE / math.prod(hf_config.conv_stride)
         logger.info(
             "loaded %s (%s, %d hidden states, dim %d, layers %s) on %s as %s",
-            config.model, self.family.value, self.n_hidden_states, self.dim, self.layers, self.device, self.dtype,
+            config.model,
+            self.family.value,
+            self.n_hidden_states,
+            self.dim,
+            self.layers,
+            self.device,
+            self.dtype,
         )
 
     def n_frames(self, n_samples: int) -> int:
@@ -110,7 +130,8 @@ class SSLEncoder:
             raise AudioError(f"<signal {index}>", f"expected a mono signal of shape (N,), got {signal.shape}")
         if self.n_frames(signal.size) < 1:
             raise AudioError(
-                f"<signal {index}>", f"too short for {self.model_id}: {signal.size} samples give no encoder frame"
+                f"<signal {index}>",
+                f"too short for {self.model_id}: {signal.size} samples give no encoder frame",
             )
         return signal
 
@@ -132,7 +153,9 @@ class SSLEncoder:
         max_samples = int(self.config.max_batch_seconds * SAMPLE_RATE)
         out: list[np.ndarray | None] = [None] * len(signals)
         for batch in length_batches(lengths, max_samples, same_length_only=not self._masked):
-            padded = np.zeros((len(batch), lengths[batch[0]]), dtype=np.float32)  # (B, N_max); batch[0] is longest
+            padded = np.zeros(
+                (len(batch), lengths[batch[0]]), dtype=np.float32
+            )  # (B, N_max); batch[0] is longest
             mask = np.zeros(padded.shape, dtype=np.int64)
             for row, i in enumerate(batch):
                 padded[row, : lengths[i]] = signals[i]
@@ -158,9 +181,14 @@ class SSLEncoder:
         for first in range(0, len(chunks), per_call):
             batch = chunks[first : first + per_call]
             features = self._whisper_input(
-                [chunk for _, chunk in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt", device=self.device.type
+                [chunk for _, chunk in batch],
+                sampling_rate=SAMPLE_RATE,
+                return_tensors="pt",
+                device=self.device.type,
             ).input_features  # (B, n_mels, 3000): each chunk padded to 30 s on its own
-            hidden_states = self.model(features.to(self.device, self.dtype), output_hidden_states=True).hidden_states
+            hidden_states = self.model(
+                features.to(self.device, self.dtype), output_hidden_states=True
+            ).hidden_states
             self._check_hidden_states(hidden_states)
             frames = self._layer_average(hidden_states).cpu().numpy()  # (B, 1500, D)
             for row, (i, chunk) in enumerate(batch):
@@ -168,7 +196,9 @@ class SSLEncoder:
         return [np.concatenate(parts, axis=0) for parts in pieces]
 
 
-def length_batches(lengths: list[int], max_samples: int, *, same_length_only: bool = False) -> list[list[int]]:
+def length_batches(
+    lengths: list[int], max_samples: int, *, same_length_only: bool = False
+) -> list[list[int]]:
     """Indices grouped longest first, each group's padded size (count x longest) at most `max_samples`.
 
     A signal longer than `max_samples` gets a group of its own. With `same_length_only`, a group holds
@@ -218,7 +248,9 @@ def _locate(model: str) -> tuple[str, Path, bool]:
         )
     offline = _hub_offline()
     if not offline and not _hub_reachable():
-        logger.info("%s is not reachable; looking for %s in the Hugging Face cache only", hf_constants.ENDPOINT, model)
+        logger.info(
+            "%s is not reachable; looking for %s in the Hugging Face cache only", hf_constants.ENDPOINT, model
+        )
         offline = True
     try:
         folder = Path(snapshot_download(model, allow_patterns=_CONFIG_FILES, local_files_only=offline))
@@ -240,7 +272,9 @@ def _load(loader, source: str, *, local_only: bool, model: str, **kwargs):
 
 
 def _hub_failure(model: str, offline: bool, exc: BaseException) -> str:
-    why = "downloads are off (HF_HUB_OFFLINE, or the hub is unreachable)" if offline else "the download failed"
+    why = (
+        "downloads are off (HF_HUB_OFFLINE, or the hub is unreachable)" if offline else "the download failed"
+    )
     return (
         f"cannot load SSL model {model!r}: no directory of that name, not in the Hugging Face cache "
         f"({hf_constants.HF_HUB_CACHE}), and {why} ({type(exc).__name__}: {exc}). Download it where the hub is "
@@ -303,7 +337,9 @@ def _wav2vec2_do_normalize(folder: Path, model: str) -> bool:
 
 def _whisper_feature_extractor(folder: Path, hf_config) -> WhisperFeatureExtractor:
     if (folder / "preprocessor_config.json").is_file():
-        extractor = _load(WhisperFeatureExtractor.from_pretrained, str(folder), local_only=True, model=str(folder))
+        extractor = _load(
+            WhisperFeatureExtractor.from_pretrained, str(folder), local_only=True, model=str(folder)
+        )
     else:
         extractor = WhisperFeatureExtractor(feature_size=hf_config.num_mel_bins)
     if extractor.sampling_rate != SAMPLE_RATE or extractor.feature_size != hf_config.num_mel_bins:

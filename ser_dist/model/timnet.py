@@ -87,6 +87,9 @@ class TimNetConfig:
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ConfigError(f"TimNetConfig: unknown keys {unknown}; expected some of {', '.join(valid)}")
+        missing = [name for name in ("input_dim", "n_classes") if name not in d]
+        if missing:
+            raise ConfigError(f"TimNetConfig: missing required keys {missing}")
         return cls(**d)
 
 
@@ -129,9 +132,7 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
-                momentum = (
-                    1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                )
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 unbiased = var * (n / (n - 1).clamp(min=1))
                 self.running_mean.lerp_(mean.detach(), momentum)
                 self.running_var.lerp_(unbiased.detach(), momentum)
@@ -184,7 +185,11 @@ class TimNet(nn.Module):
         )
         self.blocks = nn.ModuleList(
             TemporalAwareBlock(
-                c.width, kernel_size=c.kernel_size, dilation=2**j, dropout=c.dropout, directions=self.directions
+                c.width,
+                kernel_size=c.kernel_size,
+                dilation=2**j,
+                dropout=c.dropout,
+                directions=self.directions,
             )
             for j in range(c.n_blocks)
         )
@@ -221,8 +226,9 @@ class TimNet(nn.Module):
         """Fused multi-scale vector before the classifier: x (B, T, D), lengths (B,) -> (B, width)."""
         lengths = self._check_inputs(x, lengths)
         B, T, _ = x.shape
-        h = self.input_dropout(x).transpose(1, 2)  # (B, D, T)
-        mask = lengths_to_mask(lengths, T)[:, None, :].to(h.dtype)  # (B, 1, T)
+        real = lengths_to_mask(lengths, T)  # (B, T) bool
+        h = self.input_dropout(x.masked_fill(~real[:, :, None], 0.0)).transpose(1, 2)  # (B, D, T)
+        mask = real[:, None, :].to(h.dtype)  # (B, 1, T)
         if self.config.time_pool > 1:
             h, lengths = self._pool_time(h, mask, lengths)
             T = h.shape[2]

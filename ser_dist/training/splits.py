@@ -61,7 +61,9 @@ class Protocol(StrEnum):
             raise UnknownNameError("protocol", value, [p.value for p in cls]) from None
 
 
-SPEAKER_INDEPENDENT: frozenset[Protocol] = frozenset({Protocol.LOSO, Protocol.SPEAKER_KFOLD, Protocol.LOSESSO})
+SPEAKER_INDEPENDENT: frozenset[Protocol] = frozenset(
+    {Protocol.LOSO, Protocol.SPEAKER_KFOLD, Protocol.LOSESSO}
+)
 
 _DESCRIPTIONS: dict[Protocol, str] = {
     Protocol.LOSO: "leave-one-speaker-out: each fold tests on one speaker unseen in training",
@@ -198,7 +200,9 @@ def _check_n_folds(n_folds: int | None, n_units: int, protocol: Protocol, unit_n
         )
 
 
-def _check_train_classes(train_labels: np.ndarray, all_labels: set[str], protocol: Protocol, index: int) -> None:
+def _check_train_classes(
+    train_labels: np.ndarray, all_labels: set[str], protocol: Protocol, index: int
+) -> None:
     absent = sorted(all_labels - set(train_labels))
     if absent:
         raise ConfigError(

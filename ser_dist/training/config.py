@@ -1,0 +1,82 @@
+"""Typed training configuration: one place for every default of a k-fold run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+from ser_dist.errors import ConfigError, UnknownNameError
+
+Normalization = Literal["train_global", "per_speaker"]
+NORMALIZATIONS = ("train_global", "per_speaker")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """TimNetConfig fields chosen by the user (input_dim and n_classes come from the data)."""
+
+    width: int = 64
+    n_blocks: int = 8
+    kernel_size: int = 2
+    dropout: float = 0.1
+    bidirectional: bool = True
+    time_pool: int = 2
+    input_dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Training-time augmentation on normalised frames (never applied to validation or test)."""
+
+    time_masks: int = 2  # SpecAugment-style masks over time
+    time_mask_frac: float = 0.1  # each mask covers at most this fraction of the frames
+    feature_masks: int = 2
+    feature_mask_frac: float = 0.1
+    mixup_alpha: float = 0.2  # 0 = off
+    noise_std: float = 0.0  # gaussian noise on normalised features
+    max_frames: int = 400  # random crop of long training utterances (eval uses whole utterances)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    class_weights: bool = True  # inverse-frequency weights from the training part
+    warmup_epochs: int = 3  # then cosine decay to 1% of lr
+    patience: int = 20  # early stopping on validation UAR
+    seed: int = 0
+    normalization: Normalization = "train_global"
+    model: ModelOptions = field(default_factory=ModelOptions)
+    augment: AugmentOptions = field(default_factory=AugmentOptions)
+    num_workers: int = 1  # Ray Train workers per fold (DDP when > 1)
+    use_gpu: bool | None = None  # None = when the cluster has GPUs
+    cpus_per_worker: float = 1.0
+    max_concurrent_folds: int | None = None  # None = as many as resources allow
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise UnknownNameError("normalization", self.normalization, NORMALIZATIONS)
+        for name in ("epochs", "batch_size", "num_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training options {sorted(unknown)}; valid: {sorted(known)}")
+        if isinstance(data.get("model"), dict):
+            data["model"] = ModelOptions(**data["model"])
+        if isinstance(data.get("augment"), dict):
+            data["augment"] = AugmentOptions(**data["augment"])
+        return cls(**data)

@@ -1,0 +1,262 @@
+"""k-fold cross-validation where every fold is a Ray Train job, and the folds run side by side.
+
+Ray 2.60 runs Train V2, where a Trainer cannot be handed to a Tuner; each fold's `TorchTrainer.fit()`
+is called from its own zero-CPU Ray task, so the folds overlap as far as the cluster's CPUs/GPUs
+allow (see ../shared/notes/ray-2.60.md). A finished fold leaves `fold_<k>/result.json`; a rerun of
+the same run skips it and trains only the folds that are missing.
+
+Run folder::
+
+    runs/<name>/run_config.json
+    runs/<name>/fold_<k>/{checkpoint/, history.csv, predictions.csv, result.json}
+    runs/<name>/summary.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ser_dist.errors import ConfigError
+from ser_dist.features.store import FeatureTable, load_features
+from ser_dist.training.config import TrainConfig
+from ser_dist.training.metrics import classification_report, mean_std
+from ser_dist.training.splits import Fold, make_folds, protocol_description
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KFoldConfig:
+    features_path: str  # a stored feature dataset (`data/features/LOGMEL/EMODB_LOGMEL`) or one version of it
+    protocol: str = "loso"  # loso | speaker_kfold | losesso | kfold (random stratified)
+    n_folds: int | None = None  # for speaker_kfold / kfold
+    seed: int = 0
+    val_fraction: float = 0.15
+    out: str = "runs"
+    name: str | None = None  # run folder name; default <dataset>_<protocol>
+    feature_version: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def run_name(self, dataset: str) -> str:
+        if self.name:
+            return self.name
+        suffix = f"{self.protocol}{self.n_folds}" if self.n_folds else self.protocol
+        return f"{dataset}_{suffix}"
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes a fold's result (not the output location)."""
+        blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name")}
+        blob["train"] = {k: v for k, v in blob["train"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def duplicate_groups(table: FeatureTable) -> np.ndarray:
+    """Group id per row; rows with identical feature matrices (duplicate recordings) share one."""
+    digests = [hashlib.blake2b(np.ascontiguousarray(m).tobytes(), digest_size=12).hexdigest() for m in table.features]
+    return pd.Series(digests).factorize()[0]
+
+
+def train_fold_worker(loop_config: dict) -> None:
+    """Ray Train worker function: one fold, DDP across the fold's workers when there are several."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ser_dist.training.checkpoint import save_checkpoint
+    from ser_dist.training.data import normalise
+    from ser_dist.training.loop import FoldData, fit_fold
+
+    payload = ray.get(loop_config["payload"])
+    config = TrainConfig.from_dict(loop_config["train"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, int(loop_config["threads"])))
+    train, val, test = (np.asarray(loop_config[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx"))
+    features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization)
+    data = FoldData(payload["labels"], features, payload["y"], payload["utterance_ids"], train, val, test, standardizer)
+    device = ray.train.torch.get_device()
+    wrap = ray.train.torch.prepare_model if world_size > 1 else (lambda m: m)
+    fold = loop_config["fold"]
+
+    def on_epoch(metrics: dict) -> None:
+        ray.train.report({"fold": fold, **metrics})
+
+    outcome = fit_fold(data, config, device=device, rank=rank, world_size=world_size, wrap_model=wrap, on_epoch=on_epoch)
+    final = {"fold": fold, "epoch": len(outcome.history) + 1, "final": True, "test_uar": outcome.test_report.get("uar", float("nan"))}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(
+                tmp, model_config=outcome.model_config, state_dict=outcome.best_state, standardizer=standardizer,
+                labels=payload["labels"], feature_config=payload["feature_config"],
+                extra={"fold": fold, "best_epoch": outcome.best_epoch, "best_val_uar": outcome.best_val_uar,
+                       "train_config": config.to_dict(), "normalization": config.normalization, "corpus": payload["corpus"]},
+            )
+            (Path(tmp) / "outcome.json").write_text(json.dumps(
+                {"history": outcome.history, "test_predictions": outcome.test_predictions, "test_report": outcome.test_report}
+            ))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="final")
+
+
+def _fit_fold_remote(loop_config: dict, train: dict, storage_path: str, fold: int) -> str:
+    """Body of the zero-CPU task that drives one fold's TorchTrainer; returns the checkpoint path."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    trainer = TorchTrainer(
+        train_fold_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=train["num_workers"], use_gpu=bool(train["use_gpu"]), resources_per_worker={"CPU": train["cpus_per_worker"]}
+        ),
+        run_config=RunConfig(
+            name=f"fold_{fold}",
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"fold {fold} finished without a checkpoint: {result.error}")
+    return result.checkpoint.path
+
+
+def run_kfold(config: KFoldConfig) -> dict:
+    """Train and score every fold (resuming finished ones); writes and returns the run summary."""
+    import ray
+
+    from ser_dist.ray_runtime import cluster_has_gpu, ensure_ray
+
+    started = time.perf_counter()
+    table = load_features(config.features_path, version=config.feature_version)
+    dataset = table.metadata.get("dataset_name") or Path(config.features_path).name
+    run_dir = (Path(config.out) / config.run_name(dataset)).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = config.fingerprint()
+    groups = duplicate_groups(table)
+    meta = table.meta.assign(duplicate_group=groups)
+    n_dup = int(len(groups) - len(set(groups)))
+    if n_dup:
+        logger.info("%d duplicate recording(s) found: kept on the same side of every split", n_dup)
+    folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
+    labels = sorted(meta["label"].unique())
+    (run_dir / "run_config.json").write_text(json.dumps(
+        {"kfold": asdict(config), "fingerprint": fingerprint, "features": str(table.path), "feature_metadata": table.metadata,
+         "labels": labels, "protocol": protocol_description(config.protocol, len(folds), config.seed)}, indent=2, default=str))
+
+    pending = [f for f in folds if not _fold_done(run_dir, f.index, fingerprint)]
+    if len(pending) < len(folds):
+        logger.info("%d of %d folds already finished in %s; training the other %d", len(folds) - len(pending), len(folds), run_dir, len(pending))
+    if pending:
+        ensure_ray()
+        train = config.train
+        use_gpu = cluster_has_gpu() if train.use_gpu is None else train.use_gpu
+        label_index = {label: i for i, label in enumerate(labels)}
+        payload = ray.put({
+            "features": table.features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
+            "y": meta["label"].map(label_index).to_numpy(np.int64), "labels": labels,
+            "feature_config": table.metadata.get("feature_config", {}) | {"encoder": table.metadata.get("encoder", {})},
+            "corpus": meta["corpus"].iloc[0],
+        })
+        train_dict = train.to_dict() | {"use_gpu": use_gpu}
+        remote = ray.remote(num_cpus=0)(_fit_fold_remote)
+        limit = train.max_concurrent_folds or len(pending)
+        queue, running = list(pending), {}
+        while queue or running:
+            while queue and len(running) < limit:
+                fold = queue.pop(0)
+                loop_config = {
+                    "payload": payload, "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
+                    "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
+                }
+                ref = remote.remote(loop_config, train_dict, str(run_dir / "ray"), fold.index)
+                running[ref] = fold
+                logger.info("fold %d started (test speakers %s; train %d, val %d, test %d)", fold.index, ",".join(fold.test_speakers) or "-", len(fold.train), len(fold.val), len(fold.test))
+            done, _ = ray.wait(list(running), num_returns=1)
+            fold = running.pop(done[0])
+            checkpoint_path = ray.get(done[0])
+            result = _collect_fold(run_dir, fold, checkpoint_path, fingerprint)
+            logger.info("fold %d done: test UAR %.3f WAR %.3f (best epoch %d, val UAR %.3f)", fold.index, result["uar"], result["war"], result["best_epoch"], result["best_val_uar"])
+    summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending))
+    logger.info("\n%s", format_summary_table(summary))
+    return summary
+
+
+def _fold_done(run_dir: Path, index: int, fingerprint: str) -> bool:
+    path = run_dir / f"fold_{index}" / "result.json"
+    if not path.is_file():
+        return False
+    result = json.loads(path.read_text())
+    if result.get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{run_dir} holds fold {index} from a different configuration; choose another --name or delete the folder"
+        )
+    return True
+
+
+def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: str) -> dict:
+    fold_dir = run_dir / f"fold_{fold.index}"
+    target = fold_dir / "checkpoint"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(checkpoint_path, target)
+    outcome = json.loads((target / "outcome.json").read_text())
+    (target / "outcome.json").unlink()
+    pd.DataFrame(outcome["history"]).to_csv(fold_dir / "history.csv", index=False)
+    pd.DataFrame(outcome["test_predictions"]).to_csv(fold_dir / "predictions.csv", index=False)
+    meta = json.loads((target / "checkpoint.json").read_text())
+    report = outcome["test_report"]
+    result = {
+        "fold": fold.index, "fingerprint": fingerprint, "test_speakers": list(fold.test_speakers),
+        "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
+        "uar": report["uar"], "war": report["war"], "macro_f1": report["macro_f1"],
+        "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
+        "report": report,
+    }
+    (fold_dir / "result.json").write_text(json.dumps(result, indent=2))  # written last: marks the fold finished
+    return result
+
+
+def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int) -> dict:
+    results = [json.loads((run_dir / f"fold_{f.index}" / "result.json").read_text()) for f in folds]
+    predictions = pd.concat([pd.read_csv(run_dir / f"fold_{f.index}" / "predictions.csv", dtype={"utterance_id": str}) for f in folds], ignore_index=True)
+    pooled = classification_report(predictions["true"].tolist(), predictions["pred"].tolist(), labels)
+    if pooled["n"] != sum(r["n_test"] for r in results) or predictions["utterance_id"].duplicated().any():
+        raise RuntimeError("test predictions do not cover each test utterance exactly once")
+    summary = {
+        "run": run_dir.name,
+        "protocol": protocol_description(config.protocol, len(folds), config.seed),
+        "features": str(config.features_path),
+        "labels": labels,
+        "folds": [{k: r[k] for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run")} for r in results],
+        "uar": pooled["uar"], "war": pooled["war"], "macro_f1": pooled["macro_f1"],
+        "fold_uar": mean_std([r["uar"] for r in results]), "fold_war": mean_std([r["war"] for r in results]),
+        "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
+        "train_config": config.train.to_dict(), "wall_seconds": wall_seconds, "folds_trained_this_run": n_trained,
+        "model_selection": "epoch chosen on a validation part carved from each fold's training side; test fold scored once",
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def format_summary_table(summary: dict) -> str:
+    lines = [f"run {summary['run']} — protocol {summary['protocol']['protocol']} ({summary['protocol'].get('description', '')})",
+             f"{'fold':>4} {'test speakers':<24} {'n':>4} {'UAR':>6} {'WAR':>6} {'best ep':>7}"]
+    for f in summary["folds"]:
+        lines.append(f"{f['fold']:>4} {','.join(f['test_speakers'])[:24]:<24} {f['n_test']:>4} {f['uar']:>6.3f} {f['war']:>6.3f} {f['best_epoch']:>7}")
+    lines.append(f"pooled UAR {summary['uar']:.3f}  WAR {summary['war']:.3f}  macro-F1 {summary['macro_f1']:.3f}  "
+                 f"fold UAR {summary['fold_uar']['mean']:.3f}±{summary['fold_uar']['std']:.3f}")
+    return "\n".join(lines)
