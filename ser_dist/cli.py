@@ -79,7 +79,72 @@ def _run_extract(args) -> None:
     )
 
 
-SUBCOMMANDS = [_add_prepare, _add_extract]
+def _add_train(sub) -> None:
+    from ser_dist.training.config import ModelOptions, TrainConfig
+    from ser_dist.training.kfold import KFoldConfig
+
+    p = sub.add_parser("train", help="k-fold cross-validation, each fold a Ray Train job, folds in parallel")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--features", default="LOGMEL", help="LOGMEL, HUBERT or FUSION (default: %(default)s)")
+    p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
+    p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
+    p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")
+    p.add_argument("--protocol", default=_default(KFoldConfig, "protocol"), help="loso, speaker_kfold, losesso or kfold (random stratified) (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=None, help="k for kfold / speaker_kfold")
+    p.add_argument("--seed", type=int, default=_default(KFoldConfig, "seed"))
+    p.add_argument("--epochs", type=int, default=_default(TrainConfig, "epochs"), help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=_default(TrainConfig, "batch_size"))
+    p.add_argument("--lr", type=float, default=_default(TrainConfig, "lr"))
+    p.add_argument("--width", type=int, default=_default(ModelOptions, "width"))
+    p.add_argument("--blocks", type=int, default=_default(ModelOptions, "n_blocks"))
+    p.add_argument("--time-pool", type=int, default=_default(ModelOptions, "time_pool"))
+    p.add_argument("--normalization", choices=["train_global", "per_speaker"], default=_default(TrainConfig, "normalization"))
+    p.add_argument("--workers-per-fold", type=int, default=_default(TrainConfig, "num_workers"), help="Ray Train workers per fold (DDP when > 1)")
+    p.add_argument("--max-concurrent-folds", type=int, default=None)
+    p.add_argument("--out", default=_default(KFoldConfig, "out"), help="(default: %(default)s)")
+    p.add_argument("--name", default=None, help="run folder name (default: <dataset>_<protocol>)")
+    p.set_defaults(run=_run_train)
+
+
+def _features_path(args) -> str:
+    from pathlib import Path
+
+    from ser_dist.corpora import corpus_name
+    from ser_dist.features.config import FeatureConfig, FeatureType, SSLConfig
+    from ser_dist.features.store import METADATA_FILE, dataset_dir
+
+    root = Path(args.features_dir)
+    if (root / METADATA_FILE).is_file() or any(root.glob("v_*")):
+        return str(root)  # already a dataset (or version) folder
+    ssl = SSLConfig(**{k: v for k, v in {"model": args.ssl_model, "layers": args.ssl_layer}.items() if v is not None})
+    config = FeatureConfig(feature_type=FeatureType.parse(args.features), ssl=ssl)
+    return str(dataset_dir(root, config, corpus_name(args.corpus)))
+
+
+def _run_train(args) -> None:
+    from dataclasses import replace
+
+    from ser_dist.reporting import write_run_report
+    from ser_dist.training.config import ModelOptions, TrainConfig
+    from ser_dist.training.kfold import KFoldConfig, format_summary_table, run_kfold
+
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, normalization=args.normalization,
+        num_workers=args.workers_per_fold, max_concurrent_folds=args.max_concurrent_folds,
+        model=replace(ModelOptions(), width=args.width, n_blocks=args.blocks, time_pool=args.time_pool),
+    )
+    config = KFoldConfig(features_path=_features_path(args), protocol=args.protocol, n_folds=args.folds, seed=args.seed,
+                         out=args.out, name=args.name, train=train)
+    summary = run_kfold(config)
+    print(format_summary_table(summary))
+    from pathlib import Path
+
+    run_dir = Path(args.out) / summary["run"]
+    write_run_report(run_dir)
+    print(f"run folder: {run_dir.resolve()}")
+
+
+SUBCOMMANDS = [_add_prepare, _add_extract, _add_train]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ser_dist.errors import ConfigError
 from ser_dist.model.timnet import TimNet, TimNetConfig
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.data import Standardizer, collate, length_buckets, spec_augment
@@ -163,6 +164,8 @@ def fit_fold(
             optimizer.step()
             scheduler.step()
             total_loss += float(loss)
+        if not len(data.val):
+            raise ConfigError("the validation part is empty: early stopping and epoch selection need one (val_fraction > 0)")
         # every rank scores the whole validation part, so all ranks take the same early-stopping decision
         val_probs = predict_proba(model, data.features, data.val, device=device)
         val_true = data.y[data.val]

@@ -1,0 +1,102 @@
+"""k-fold training on a local Ray cluster: isolation, training-only statistics, exact checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ser_dist.audio import load_audio
+from ser_dist.corpora import prepare
+from ser_dist.errors import ConfigError
+from ser_dist.features.compute import FeatureComputer
+from ser_dist.features.config import FeatureConfig
+from ser_dist.features.store import features_to_table, load_features, write_metadata, write_part_atomically
+from ser_dist.training.checkpoint import load_checkpoint
+from ser_dist.training.config import AugmentOptions, ModelOptions, TrainConfig
+from ser_dist.training.data import Standardizer, collate
+from ser_dist.training.kfold import KFoldConfig, duplicate_groups, run_kfold
+from ser_dist.training.splits import make_folds
+
+pytestmark = pytest.mark.ray
+
+SPEAKERS = ["EMODB_03", "EMODB_08", "EMODB_11", "EMODB_14"]
+
+
+@pytest.fixture(scope="module")
+def small_features(tmp_path_factory, emodb_root):
+    """LOGMEL of one utterance per class for 4 EMODB speakers, stored as the extractor stores them."""
+    manifest = prepare("EMODB", emodb_root)
+    manifest = manifest[manifest["speaker"].isin(SPEAKERS)].groupby(["speaker", "label"]).head(1).reset_index(drop=True)
+    config = FeatureConfig()
+    directory = tmp_path_factory.mktemp("features") / "LOGMEL" / "EMODB_LOGMEL" / f"v_{config.version()}"
+    matrices = FeatureComputer(config).compute([load_audio(p) for p in manifest["path"]])
+    write_part_atomically(directory, features_to_table(manifest, matrices, "float32"))
+    write_metadata(directory, {"status": "complete", "completed_at": "now", "feature_config": config.to_dict(), "dataset_name": "EMODB_LOGMEL"})
+    return directory
+
+
+def tiny_train(**changes) -> TrainConfig:
+    base = dict(epochs=4, batch_size=8, lr=5e-3, warmup_epochs=1, patience=10, class_weights=False,
+                model=ModelOptions(width=8, n_blocks=2, time_pool=4, dropout=0.0, input_dropout=0.0),
+                augment=AugmentOptions(time_masks=0, feature_masks=0, mixup_alpha=0.0))
+    return TrainConfig(**(base | changes))
+
+
+def test_speaker_kfold_end_to_end(ray_cluster, small_features, tmp_path):
+    config = KFoldConfig(features_path=str(small_features), protocol="speaker_kfold", n_folds=2, out=str(tmp_path), name="run", train=tiny_train())
+    summary = run_kfold(config)
+    run_dir = tmp_path / "run"
+    table = load_features(small_features)
+
+    # every utterance is tested exactly once; the report counts test utterances only
+    assert summary["n_test"] == len(table.meta) == sum(f["n_test"] for f in summary["folds"])
+    assert sum(c["support"] for c in summary["per_class"].values()) == len(table.meta)
+    assert summary["protocol"]["speaker_independent"] is True
+    for key in ("uar", "war", "macro_f1", "per_class", "folds"):
+        assert key in summary
+
+    folds = make_folds(table.meta.assign(duplicate_group=duplicate_groups(table)), protocol="speaker_kfold", n_folds=2, seed=0,
+                       val_fraction=0.15, groups="duplicate_group")
+    for fold in folds:
+        fold_dir = run_dir / f"fold_{fold.index}"
+        speakers = table.meta["speaker"].to_numpy()
+        # fold isolation: no test speaker (and no test utterance) in the train or validation part
+        assert not set(speakers[fold.test]) & set(speakers[np.concatenate([fold.train, fold.val])])
+        predictions = pd.read_csv(fold_dir / "predictions.csv")
+        assert set(predictions["utterance_id"]) == set(table.meta["utterance_id"].iloc[fold.test])
+
+        # normalisation statistics are those of the training part alone
+        loaded = load_checkpoint(fold_dir / "checkpoint", expected_feature_type="LOGMEL")
+        expected = Standardizer.fit([table.features[i] for i in fold.train])
+        np.testing.assert_allclose(loaded.standardizer.mean, expected.mean, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(loaded.standardizer.std, expected.std, rtol=1e-5, atol=1e-5)
+        everything = Standardizer.fit(table.features)
+        assert not np.allclose(loaded.standardizer.mean, everything.mean, atol=1e-4)
+
+        # the checkpoint reproduces the saved test predictions exactly
+        ids = table.meta["utterance_id"].tolist()
+        order = [ids.index(u) for u in predictions["utterance_id"]]
+        normalised = [loaded.standardizer.apply(table.features[i]) for i in order]
+        with torch.no_grad():
+            for k, row in enumerate(predictions.itertuples(index=False)):
+                x, lengths = collate(normalised, np.array([k]))
+                probs = torch.softmax(loaded.model(x, lengths), -1)[0].numpy()
+                stored = np.array([getattr(row, f"p_{c}") for c in loaded.labels])
+                np.testing.assert_allclose(probs, stored, atol=1e-5)
+                assert loaded.labels[int(probs.argmax())] == row.pred
+
+        history = pd.read_csv(fold_dir / "history.csv")
+        assert len(history) == 4
+        assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]  # loss falls
+
+    # a rerun skips the finished folds
+    again = run_kfold(config)
+    assert again["folds_trained_this_run"] == 0 and again["uar"] == summary["uar"]
+    # the same run name with another configuration is refused instead of mixed
+    with pytest.raises(ConfigError, match="different configuration"):
+        run_kfold(KFoldConfig(**{**config.__dict__, "train": tiny_train(epochs=3)}))
+    assert json.loads((run_dir / "summary.json").read_text())["run"] == "run"
