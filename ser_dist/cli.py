@@ -124,7 +124,6 @@ def _features_path(args) -> str:
 def _run_train(args) -> None:
     from dataclasses import replace
 
-    from ser_dist.reporting import write_run_report
     from ser_dist.training.config import ModelOptions, TrainConfig
     from ser_dist.training.kfold import KFoldConfig, format_summary_table, run_kfold
 
@@ -140,7 +139,6 @@ def _run_train(args) -> None:
     from pathlib import Path
 
     run_dir = Path(args.out) / summary["run"]
-    write_run_report(run_dir)
     print(f"run folder: {run_dir.resolve()}")
 
 

@@ -51,13 +51,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     summary = run_kfold(kfold)
     run_dir = Path(config.runs_out) / kfold.run_name("")
     outputs = {"features": str(extraction.directory), "run": str(run_dir), "summary": summary}
-    try:
-        from ser_dist.reporting import write_run_report
-    except ImportError:  # reporting arrives with its own module
-        write_run_report = None
-    if write_run_report is not None:
-        write_run_report(run_dir)
-        outputs["reports"] = [str(p) for p in sorted(run_dir.glob("report.*")) + sorted(run_dir.glob("*.png"))]
+    outputs["reports"] = [str(p) for p in sorted(run_dir.glob("report.*")) + sorted(run_dir.glob("*.png"))]
     print(format_summary_table(summary))
     print(f"run folder: {run_dir.resolve()}")
     for path in outputs.get("reports", []):

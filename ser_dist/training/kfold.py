@@ -45,6 +45,10 @@ class KFoldConfig:
     out: str = "runs"
     name: str | None = None  # run folder name; default <dataset>_<protocol>
     feature_version: str | None = None
+    # Other stored datasets of the same utterances (e.g. other encoder layers). When given, each fold
+    # picks one of (features_path, *candidate_features) by validation UAR of a pooled-feature SVM
+    # trained on its training part; the test part never takes part in the choice.
+    candidate_features: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def run_name(self, dataset: str) -> str:
@@ -153,6 +157,8 @@ def run_kfold(config: KFoldConfig) -> dict:
         logger.info("%d duplicate recording(s) found: kept on the same side of every split", n_dup)
     folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
     labels = sorted(meta["label"].unique())
+    tables = [table] + [_aligned(load_features(path), table) for path in config.candidate_features]
+    choice = _choose_features(tables, meta, folds) if len(tables) > 1 else {f.index: (0, []) for f in folds}
     (run_dir / "run_config.json").write_text(json.dumps(
         {"kfold": asdict(config), "fingerprint": fingerprint, "features": str(table.path), "feature_metadata": table.metadata,
          "labels": labels, "protocol": protocol_description(config.protocol, len(folds), config.seed)}, indent=2, default=str))
@@ -165,21 +171,28 @@ def run_kfold(config: KFoldConfig) -> dict:
         train = config.train
         use_gpu = cluster_has_gpu() if train.use_gpu is None else train.use_gpu
         label_index = {label: i for i, label in enumerate(labels)}
-        payload = ray.put({
-            "features": table.features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
-            "y": meta["label"].map(label_index).to_numpy(np.int64), "labels": labels,
-            "feature_config": table.metadata.get("feature_config", {}) | {"encoder": table.metadata.get("encoder", {})},
-            "corpus": meta["corpus"].iloc[0],
-        })
+        needed = sorted({choice[f.index][0] for f in pending})
+        payloads = {
+            k: ray.put({
+                "features": tables[k].features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
+                "y": meta["label"].map(label_index).to_numpy(np.int64), "labels": labels,
+                "feature_config": tables[k].metadata.get("feature_config", {}) | {"encoder": tables[k].metadata.get("encoder", {})},
+                "corpus": meta["corpus"].iloc[0], "features_path": str(tables[k].path),
+            })
+            for k in needed
+        }
         train_dict = train.to_dict() | {"use_gpu": use_gpu}
         remote = ray.remote(num_cpus=0)(_fit_fold_remote)
-        limit = train.max_concurrent_folds or len(pending)
+        per_fold = train.num_workers * (1 if use_gpu else train.cpus_per_worker)
+        available = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)
+        # default: as many folds as fit at once; more would only queue controllers that compete for CPU
+        limit = train.max_concurrent_folds or max(1, int(available // per_fold))
         queue, running = list(pending), {}
         while queue or running:
             while queue and len(running) < limit:
                 fold = queue.pop(0)
                 loop_config = {
-                    "payload": payload, "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
+                    "payload": payloads[choice[fold.index][0]], "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
                 }
                 ref = remote.remote(loop_config, train_dict, str(run_dir / "ray"), fold.index)
@@ -188,9 +201,12 @@ def run_kfold(config: KFoldConfig) -> dict:
             done, _ = ray.wait(list(running), num_returns=1)
             fold = running.pop(done[0])
             checkpoint_path = ray.get(done[0])
-            result = _collect_fold(run_dir, fold, checkpoint_path, fingerprint)
+            result = _collect_fold(run_dir, fold, checkpoint_path, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1])
             logger.info("fold %d done: test UAR %.3f WAR %.3f (best epoch %d, val UAR %.3f)", fold.index, result["uar"], result["war"], result["best_epoch"], result["best_val_uar"])
     summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending))
+    from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
+
+    write_run_report(run_dir)
     logger.info("\n%s", format_summary_table(summary))
     return summary
 
@@ -207,7 +223,26 @@ def _fold_done(run_dir: Path, index: int, fingerprint: str) -> bool:
     return True
 
 
-def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: str) -> dict:
+def _aligned(candidate: FeatureTable, reference: FeatureTable) -> FeatureTable:
+    if candidate.meta["utterance_id"].tolist() != reference.meta["utterance_id"].tolist():
+        raise ConfigError(f"candidate features {candidate.path} do not hold the same utterances as {reference.path}")
+    return candidate
+
+
+def _choose_features(tables: list[FeatureTable], meta: pd.DataFrame, folds: list[Fold]) -> dict[int, tuple[int, list[float]]]:
+    from ser_dist.training.selection import pooled_statistics, select_candidate
+
+    pooled = [pooled_statistics(t.features) for t in tables]
+    labels = meta["label"].to_numpy()
+    choice = {}
+    for fold in folds:
+        index, scores = select_candidate(pooled, labels, fold.train, fold.val)
+        choice[fold.index] = (index, scores)
+        logger.info("fold %d: features %s chosen on validation UAR %s", fold.index, tables[index].path.parent.name, [round(s, 3) for s in scores])
+    return choice
+
+
+def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: str, *, features: str, selection: list[float]) -> dict:
     fold_dir = run_dir / f"fold_{fold.index}"
     target = fold_dir / "checkpoint"
     if target.exists():
@@ -224,6 +259,7 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: 
         "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
         "uar": report["uar"], "war": report["war"], "macro_f1": report["macro_f1"],
         "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
+        "features": features, "feature_selection_val_uar": selection,
         "report": report,
     }
     (fold_dir / "result.json").write_text(json.dumps(result, indent=2))  # written last: marks the fold finished
@@ -241,7 +277,7 @@ def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFold
         "protocol": protocol_description(config.protocol, len(folds), config.seed),
         "features": str(config.features_path),
         "labels": labels,
-        "folds": [{k: r[k] for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run")} for r in results],
+        "folds": [{k: r[k] for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features")} for r in results],
         "uar": pooled["uar"], "war": pooled["war"], "macro_f1": pooled["macro_f1"],
         "fold_uar": mean_std([r["uar"] for r in results]), "fold_war": mean_std([r["war"] for r in results]),
         "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
