@@ -94,3 +94,15 @@ def test_bad_audio_is_skipped_and_reported(ray_cluster, subset, tmp_path):
     metadata = read_metadata(result.directory)
     assert metadata["counts"]["skipped"] == 1 and metadata["skipped"][0]["path"] == str(broken)
     assert len(load_features(result.directory).features) == len(NAMES) - 1
+
+
+def test_second_writer_is_refused(tmp_path):
+    from ser_dist.errors import FeatureStoreError
+    from ser_dist.features.extract import exclusive_writer
+
+    with exclusive_writer(tmp_path):
+        with pytest.raises(FeatureStoreError, match="another extraction"):
+            with exclusive_writer(tmp_path):
+                pass
+    with exclusive_writer(tmp_path):  # released after the first one ends
+        pass

@@ -39,6 +39,14 @@ def small_features(tmp_path_factory, emodb_root):
     return directory
 
 
+def store_small(directory, manifest):
+    config = FeatureConfig()
+    matrices = FeatureComputer(config).compute([load_audio(p) for p in manifest["path"]])
+    write_part_atomically(directory, features_to_table(manifest, matrices, "float32"))
+    write_metadata(directory, {"status": "complete", "completed_at": "now", "feature_config": config.to_dict()})
+    return directory
+
+
 def tiny_train(**changes) -> TrainConfig:
     base = dict(epochs=4, batch_size=8, lr=5e-3, warmup_epochs=1, patience=10, class_weights=False,
                 model=ModelOptions(width=8, n_blocks=2, time_pool=4, dropout=0.0, input_dropout=0.0),
@@ -100,3 +108,19 @@ def test_speaker_kfold_end_to_end(ray_cluster, small_features, tmp_path):
     with pytest.raises(ConfigError, match="different configuration"):
         run_kfold(KFoldConfig(**{**config.__dict__, "train": tiny_train(epochs=3)}))
     assert json.loads((run_dir / "summary.json").read_text())["run"] == "run"
+
+
+def test_full_corpus_model_with_lmmd_adaptation(ray_cluster, small_features, tmp_path, ravdess_root):
+    ravdess = prepare("RAVDESS", ravdess_root)
+    ravdess = ravdess[ravdess["speaker"].isin(["RAVDESS_01", "RAVDESS_02"])].groupby("label").head(1)
+    target = store_small(tmp_path / "RAVDESS_LOGMEL" / "v_x", ravdess.reset_index(drop=True))
+    config = KFoldConfig(features_path=str(small_features), protocol="full", out=str(tmp_path), name="full",
+                         adapt_to=str(target), train=tiny_train(epochs=2, lmmd_weight=1.0))
+    summary = run_kfold(config)
+    assert summary["protocol"]["protocol"] == "full" and summary["folds"][0]["n_test"] == 0
+    loaded = load_checkpoint(tmp_path / "full" / "fold_0" / "checkpoint")
+    assert loaded.labels == sorted(load_features(small_features).meta["label"].unique())
+    history = pd.read_csv(tmp_path / "full" / "fold_0" / "history.csv")
+    assert len(history) == 2 and np.isfinite(history["train_loss"]).all()
+    with pytest.raises(ConfigError, match="lmmd_weight"):
+        run_kfold(KFoldConfig(features_path=str(small_features), protocol="full", out=str(tmp_path), name="x", adapt_to=str(target), train=tiny_train()))

@@ -7,15 +7,19 @@ utterances are already stored and extracts only the rest, so nothing finished is
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
-from ser_dist.errors import AudioError, ConfigError
+from ser_dist.errors import AudioError, ConfigError, FeatureStoreError
 from ser_dist.features.config import FeatureConfig
 from ser_dist.features.store import (
     META_COLUMNS,
@@ -107,14 +111,42 @@ def extract_features(
     options: ExtractionOptions | None = None,
 ) -> ExtractionResult:
     """Extract `config` features of every manifest row into the store under `out_root` (resumable)."""
-    import ray
-
-    from ser_dist.ray_runtime import cluster_cpus, cluster_has_gpu, ensure_ray
-
     options = options or ExtractionOptions()
     started = time.perf_counter()
     directory = version_dir(out_root, config, corpus)
     directory.mkdir(parents=True, exist_ok=True)
+    with exclusive_writer(directory):
+        return _extract_locked(manifest, config, directory, corpus=corpus, options=options, started=started)
+
+
+@contextmanager
+def exclusive_writer(directory: Path):
+    """One extraction at a time per version folder: a second one fails fast instead of writing duplicates."""
+    lock_path = directory / ".lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole extraction
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise FeatureStoreError(
+                f"another extraction ({owner}) is writing to {directory}; wait for it to finish, then rerun (finished work is kept)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _extract_locked(manifest: pd.DataFrame, config: FeatureConfig, directory: Path, *, corpus: str, options: ExtractionOptions, started: float) -> ExtractionResult:
+    import ray
+
+    from ser_dist.ray_runtime import cluster_cpus, cluster_has_gpu, ensure_ray
+
     stale = remove_stale_temporaries(directory)
     if stale:
         logger.warning("removed %d half-written file(s) an interrupted run left in %s", stale, directory)

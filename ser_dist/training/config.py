@@ -49,6 +49,7 @@ class TrainConfig:
     patience: int = 20  # early stopping on validation UAR
     seed: int = 0
     normalization: Normalization = "train_global"
+    lmmd_weight: float = 0.0  # > 0 with KFoldConfig.adapt_to: align class-conditional features with the target corpus
     model: ModelOptions = field(default_factory=ModelOptions)
     augment: AugmentOptions = field(default_factory=AugmentOptions)
     num_workers: int = 1  # Ray Train workers per fold (DDP when > 1)

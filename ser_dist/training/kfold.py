@@ -30,7 +30,7 @@ from ser_dist.errors import ConfigError
 from ser_dist.features.store import FeatureTable, load_features
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.metrics import classification_report, mean_std
-from ser_dist.training.splits import Fold, make_folds, protocol_description
+from ser_dist.training.splits import Fold, full_training_fold, make_folds, protocol_description
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class KFoldConfig:
     features_path: str  # a stored feature dataset (`data/features/LOGMEL/EMODB_LOGMEL`) or one version of it
-    protocol: str = "loso"  # loso | speaker_kfold | losesso | kfold (random stratified)
+    protocol: str = "loso"  # loso | speaker_kfold | losesso | kfold (random stratified) | full (no test part)
     n_folds: int | None = None  # for speaker_kfold / kfold
     seed: int = 0
     val_fraction: float = 0.15
@@ -49,6 +49,10 @@ class KFoldConfig:
     # picks one of (features_path, *candidate_features) by validation UAR of a pooled-feature SVM
     # trained on its training part; the test part never takes part in the choice.
     candidate_features: tuple[str, ...] = ()
+    # Domain adaptation: a stored feature dataset of another corpus whose UNLABELLED frames the LMMD
+    # term (train.lmmd_weight > 0) aligns with; its labels are never read.
+    adapt_to: str | None = None
+    target_normalization: str = "source"  # source: the fold's training statistics; target: the target's own
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def run_name(self, dataset: str) -> str:
@@ -88,7 +92,14 @@ def train_fold_worker(loop_config: dict) -> None:
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     train, val, test = (np.asarray(loop_config[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx"))
     features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization)
-    data = FoldData(payload["labels"], features, payload["y"], payload["utterance_ids"], train, val, test, standardizer)
+    target_features = None
+    if loop_config.get("target") is not None:
+        raw_target = ray.get(loop_config["target"])
+        from ser_dist.training.data import Standardizer
+
+        target_stats = standardizer if loop_config["target_normalization"] == "source" else Standardizer.fit(raw_target)
+        target_features = [target_stats.apply(m) for m in raw_target]
+    data = FoldData(payload["labels"], features, payload["y"], payload["utterance_ids"], train, val, test, standardizer, target_features)
     device = ray.train.torch.get_device()
     wrap = ray.train.torch.prepare_model if world_size > 1 else (lambda m: m)
     fold = loop_config["fold"]
@@ -155,13 +166,22 @@ def run_kfold(config: KFoldConfig) -> dict:
     n_dup = int(len(groups) - len(set(groups)))
     if n_dup:
         logger.info("%d duplicate recording(s) found: kept on the same side of every split", n_dup)
-    folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
+    if config.protocol == "full":
+        folds = [full_training_fold(meta, seed=config.seed, val_fraction=config.val_fraction)]
+    else:
+        folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
+    if config.adapt_to and config.train.lmmd_weight <= 0:
+        raise ConfigError("adapt_to needs train.lmmd_weight > 0 (the weight of the LMMD term)")
+    if config.train.lmmd_weight > 0 and config.train.num_workers > 1:
+        raise ConfigError("LMMD adaptation runs with one Ray Train worker per fold (num_workers=1)")
+    if config.target_normalization not in ("source", "target"):
+        raise ConfigError(f"target_normalization must be 'source' or 'target', got {config.target_normalization!r}")
     labels = sorted(meta["label"].unique())
     tables = [table] + [_aligned(load_features(path), table) for path in config.candidate_features]
     choice = _choose_features(tables, meta, folds) if len(tables) > 1 else {f.index: (0, []) for f in folds}
     (run_dir / "run_config.json").write_text(json.dumps(
         {"kfold": asdict(config), "fingerprint": fingerprint, "features": str(table.path), "feature_metadata": table.metadata,
-         "labels": labels, "protocol": protocol_description(config.protocol, len(folds), config.seed)}, indent=2, default=str))
+         "labels": labels, "protocol": _describe(config, len(folds))}, indent=2, default=str))
 
     pending = [f for f in folds if not _fold_done(run_dir, f.index, fingerprint)]
     if len(pending) < len(folds):
@@ -172,6 +192,12 @@ def run_kfold(config: KFoldConfig) -> dict:
         use_gpu = cluster_has_gpu() if train.use_gpu is None else train.use_gpu
         label_index = {label: i for i, label in enumerate(labels)}
         needed = sorted({choice[f.index][0] for f in pending})
+        target = None
+        if config.adapt_to:
+            target_table = load_features(config.adapt_to)
+            if target_table.dim != tables[0].dim:
+                raise ConfigError(f"adapt_to features {target_table.path} have dim {target_table.dim}, the source {tables[0].dim}")
+            target = ray.put(target_table.features)
         payloads = {
             k: ray.put({
                 "features": tables[k].features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
@@ -192,7 +218,8 @@ def run_kfold(config: KFoldConfig) -> dict:
             while queue and len(running) < limit:
                 fold = queue.pop(0)
                 loop_config = {
-                    "payload": payloads[choice[fold.index][0]], "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
+                    "payload": payloads[choice[fold.index][0]], "target": target, "target_normalization": config.target_normalization,
+                    "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
                 }
                 ref = remote.remote(loop_config, train_dict, str(run_dir / "ray"), fold.index)
@@ -202,13 +229,28 @@ def run_kfold(config: KFoldConfig) -> dict:
             fold = running.pop(done[0])
             checkpoint_path = ray.get(done[0])
             result = _collect_fold(run_dir, fold, checkpoint_path, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1])
-            logger.info("fold %d done: test UAR %.3f WAR %.3f (best epoch %d, val UAR %.3f)", fold.index, result["uar"], result["war"], result["best_epoch"], result["best_val_uar"])
+            logger.info("fold %d done: test UAR %s WAR %s (best epoch %d, val UAR %.3f)", fold.index, _fmt(result["uar"]), _fmt(result["war"]), result["best_epoch"], result["best_val_uar"])
     summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending))
-    from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
+    if config.protocol != "full":
+        from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
 
-    write_run_report(run_dir)
-    logger.info("\n%s", format_summary_table(summary))
+        write_run_report(run_dir)
+        logger.info("\n%s", format_summary_table(summary))
     return summary
+
+
+FULL_PROTOCOL = {"protocol": "full", "speaker_independent": None, "n_folds": 1,
+                 "description": "trained on the whole corpus; validation speakers held out for epoch selection; no test part"}
+
+
+def _describe(config: KFoldConfig, n_folds: int) -> dict:
+    if config.protocol == "full":
+        return FULL_PROTOCOL | {"seed": config.seed}
+    return protocol_description(config.protocol, n_folds, config.seed)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _fold_done(run_dir: Path, index: int, fingerprint: str) -> bool:
@@ -257,7 +299,7 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: 
     result = {
         "fold": fold.index, "fingerprint": fingerprint, "test_speakers": list(fold.test_speakers),
         "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
-        "uar": report["uar"], "war": report["war"], "macro_f1": report["macro_f1"],
+        "uar": report.get("uar"), "war": report.get("war"), "macro_f1": report.get("macro_f1"),
         "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
         "features": features, "feature_selection_val_uar": selection,
         "report": report,
@@ -268,13 +310,18 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: 
 
 def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int) -> dict:
     results = [json.loads((run_dir / f"fold_{f.index}" / "result.json").read_text()) for f in folds]
+    if not any(r["n_test"] for r in results):  # protocol "full": a model of the whole corpus, nothing to score
+        summary = {"run": run_dir.name, "protocol": _describe(config, 1),
+                   "features": str(config.features_path), "labels": labels, "folds": results, "train_config": config.train.to_dict(), "wall_seconds": wall_seconds}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
     predictions = pd.concat([pd.read_csv(run_dir / f"fold_{f.index}" / "predictions.csv", dtype={"utterance_id": str}) for f in folds], ignore_index=True)
     pooled = classification_report(predictions["true"].tolist(), predictions["pred"].tolist(), labels)
     if pooled["n"] != sum(r["n_test"] for r in results) or predictions["utterance_id"].duplicated().any():
         raise RuntimeError("test predictions do not cover each test utterance exactly once")
     summary = {
         "run": run_dir.name,
-        "protocol": protocol_description(config.protocol, len(folds), config.seed),
+        "protocol": _describe(config, len(folds)),
         "features": str(config.features_path),
         "labels": labels,
         "folds": [{k: r[k] for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features")} for r in results],

@@ -20,6 +20,7 @@ from ser_dist.errors import ConfigError
 from ser_dist.model.timnet import TimNet, TimNetConfig
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.data import Standardizer, collate, length_buckets, spec_augment
+from ser_dist.training.lmmd import lmmd_loss
 from ser_dist.training.metrics import classification_report
 
 
@@ -35,6 +36,7 @@ class FoldData:
     val: np.ndarray
     test: np.ndarray
     standardizer: Standardizer
+    target_features: list[np.ndarray] | None = None  # unlabelled target-corpus matrices (LMMD adaptation)
 
     @property
     def input_dim(self) -> int:
@@ -100,6 +102,24 @@ def _class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
+def _ramp(epoch: int, epochs: int) -> float:
+    """DSAN's schedule 2 / (1 + exp(-10 p)) - 1: the alignment term grows as training progresses."""
+    return 2.0 / (1.0 + math.exp(-10.0 * epoch / epochs)) - 1.0
+
+
+def _lmmd_term(model, data: FoldData, positions: np.ndarray, batch_size: int, n_classes: int, rng, aug, device) -> torch.Tensor:
+    """LMMD between the source batch and a random batch of unlabelled target utterances."""
+    core = getattr(model, "module", model)  # DDP wraps the model; embed/classify live on the module
+    x_s, len_s = collate(data.features, positions, max_frames=aug.max_frames, rng=rng)
+    target_positions = rng.choice(len(data.target_features), size=min(batch_size, len(data.target_features)), replace=False)
+    x_t, len_t = collate(data.target_features, target_positions, max_frames=aug.max_frames, rng=rng)
+    x_s, len_s, x_t, len_t = x_s.to(device), len_s.to(device), x_t.to(device), len_t.to(device)
+    emb_s, emb_t = core.embed(x_s, len_s), core.embed(x_t, len_t)
+    soft_t = torch.softmax(core.classifier(emb_t).float(), dim=-1).detach()  # pseudo-labels; target labels never used
+    y_s = torch.as_tensor(data.y[positions], device=device)
+    return lmmd_loss(emb_s.float(), emb_t.float(), F.one_hot(y_s, n_classes).float(), soft_t)
+
+
 def fit_fold(
     data: FoldData,
     config: TrainConfig,
@@ -158,6 +178,8 @@ def fit_fold(
                 else:
                     logits = trained(x, lengths)
                     loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=config.label_smoothing)
+            if config.lmmd_weight > 0 and data.target_features:
+                loss = loss + _ramp(epoch, config.epochs) * config.lmmd_weight * _lmmd_term(trained, data, positions, len(positions), n_classes, rng, aug, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

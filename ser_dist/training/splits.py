@@ -323,3 +323,18 @@ def _stratified_val(
             splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
             _, val_idx = next(splitter.split(train_pool, pool_labels, group_values[train_pool]))
     return np.sort(train_pool[val_idx])
+
+
+def full_training_fold(table: pd.DataFrame, *, seed: int = 0, val_fraction: float = 0.15, speaker_independent: bool = True) -> Fold:
+    """One 'fold' that trains on the whole corpus (for cross-corpus use): no test part, a validation
+    part of whole speakers (or a stratified share) for early stopping and epoch selection."""
+    _check_table(table, None)
+    everything = np.arange(len(table), dtype=np.int64)
+    labels = table["label"].to_numpy()
+    if speaker_independent:
+        val = _speaker_val(everything, table["speaker"].to_numpy(), labels, val_fraction, np.random.default_rng([seed, 10_000]))
+    else:
+        val = _stratified_val(everything, labels, None, val_fraction, seed)
+    train = np.setdiff1d(everything, val)
+    _check_train_classes(labels[train], set(labels), Protocol.LOSO if speaker_independent else Protocol.KFOLD, 0)
+    return Fold(0, train, np.sort(val), np.empty(0, dtype=np.int64), ())
