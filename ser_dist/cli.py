@@ -142,7 +142,86 @@ def _run_train(args) -> None:
     print(f"run folder: {run_dir.resolve()}")
 
 
-SUBCOMMANDS = [_add_prepare, _add_extract, _add_train]
+def _add_evaluate(sub) -> None:
+    from ser_dist.evaluation import EvaluationConfig
+
+    p = sub.add_parser("evaluate", help="cross-corpus: score a trained run on another corpus's stored features (a Ray actor)")
+    p.add_argument("--source-run", required=True, help="run folder runs/<name> (or one checkpoint folder with --mode single)")
+    p.add_argument("--target", required=True, help="target corpus: EMODB, RAVDESS or IEMOCAP")
+    p.add_argument("--features-dir", default=None, help="feature store root holding the target's features (default: the store the source run was trained from)")
+    p.add_argument("--target-features", default=None, help="the target's stored feature folder itself (overrides --target/--features-dir lookup)")
+    p.add_argument("--normalization", choices=["source", "target"], default=_default(EvaluationConfig, "normalization"),
+                   help="source: each checkpoint's training statistics; target: the target corpus's own statistics (transductive, unlabelled) (default: %(default)s)")
+    p.add_argument("--mode", choices=["fold_ensemble", "single"], default=_default(EvaluationConfig, "mode"),
+                   help="fold_ensemble: every fold's model, probabilities averaged; single: <run>/full/checkpoint or the checkpoint folder given (default: %(default)s)")
+    p.add_argument("--mapping", default=None, help="YAML/JSON {from: to} emotion mapping on top of the default (to: null leaves a class out)")
+    p.add_argument("--out", default=None, help="report folder (default: <source run>/cross_<TARGET>[...])")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> None:
+    from ser_dist.evaluation import EvaluationConfig, evaluate_cross_corpus, target_features_path
+
+    target = args.target_features or target_features_path(args.features_dir, args.source_run, args.target)
+    report = evaluate_cross_corpus(EvaluationConfig(source_run=args.source_run, target_features=target, mode=args.mode,
+                                                    normalization=args.normalization, mapping_file=args.mapping, out=args.out))
+    s = report["summary"]
+    print(f"{report['title']}\nUAR {s['uar']:.3f}  WAR {s['war']:.3f}  macro-F1 {s['macro_f1']:.3f}  on {s['n']} utterances "
+          f"({s['n_removed']} removed: {report['protocol']['removed_by_label']})\nreport folder: {report['config']['out']}")
+
+
+def _add_cross_matrix(sub) -> None:
+    p = sub.add_parser("cross-matrix", help="source x target cross-corpus UAR matrix (+ heatmap) of several trained runs")
+    p.add_argument("--source", action="append", required=True, metavar="CORPUS=RUN", help="a trained source run, e.g. EMODB=runs/EMODB_LOGMEL_loso (repeat)")
+    p.add_argument("--targets", default=None, help="comma-separated target corpora (default: the sources' corpora)")
+    p.add_argument("--features-dir", default=None, help="feature store root (default: the store the first source run was trained from)")
+    p.add_argument("--normalization", choices=["source", "target"], default="source")
+    p.add_argument("--mode", choices=["fold_ensemble", "single"], default="fold_ensemble")
+    p.add_argument("--mapping", default=None)
+    p.add_argument("--out", default="runs/cross_corpus_matrix", help="(default: %(default)s)")
+    p.set_defaults(run=_run_cross_matrix)
+
+
+def _run_cross_matrix(args) -> None:
+    from ser_dist.corpora import corpus_name
+    from ser_dist.evaluation import cross_corpus_matrix, target_features_path
+
+    sources = {corpus_name(k): v for k, v in (item.split("=", 1) for item in args.source)}
+    targets = [corpus_name(t) for t in args.targets.split(",")] if args.targets else list(sources)
+    first = next(iter(sources.values()))
+    features = {t: target_features_path(args.features_dir, first, t) for t in targets}
+    matrix = cross_corpus_matrix(sources, features, args.out, mode=args.mode, normalization=args.normalization, mapping_file=args.mapping)
+    print(matrix.round(3).to_string())
+    print(f"matrix folder: {args.out}")
+
+
+def _add_predict(sub) -> None:
+    from ser_dist.prediction import SegmentationConfig
+
+    p = sub.add_parser("predict", help="emotion and class probabilities per file, or per segment with --timeline")
+    p.add_argument("paths", nargs="+", help="audio files and/or folders (searched recursively for .wav and .flac)")
+    p.add_argument("--model", required=True, help="a checkpoint folder, or a run folder runs/<name> (its folds are averaged)")
+    p.add_argument("--out", default=None, help="write the table to a .csv or .json file (default: print it)")
+    p.add_argument("--timeline", action="store_true", help="split long recordings and give one row per segment")
+    p.add_argument("--segmenter", choices=["vad", "fixed"], default=_default(SegmentationConfig, "method").value,
+                   help="with --timeline: voice activity (silero-vad) or fixed windows (default: %(default)s)")
+    p.add_argument("--window-s", type=float, default=_default(SegmentationConfig, "window_s"), help="fixed window length (default: %(default)s)")
+    p.add_argument("--hop-s", type=float, default=_default(SegmentationConfig, "hop_s"), help="fixed window step (default: %(default)s)")
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> None:
+    from ser_dist.prediction import predict_paths
+
+    table = predict_paths(args.paths, args.model, out=args.out, timeline=args.timeline, segmenter=args.segmenter,
+                          window_s=args.window_s, hop_s=args.hop_s)
+    if args.out is None:
+        print(table.to_string(index=False))
+    else:
+        print(f"{len(table)} rows ({int((table['status'] == 'ok').sum())} ok) -> {args.out}")
+
+
+SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_evaluate, _add_cross_matrix, _add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -185,7 +185,7 @@ def fit_fold(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss)
+            total_loss += loss.item()
         if not len(data.val):
             raise ConfigError("the validation part is empty: early stopping and epoch selection need one (val_fraction > 0)")
         # every rank scores the whole validation part, so all ranks take the same early-stopping decision

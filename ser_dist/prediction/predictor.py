@@ -1,0 +1,397 @@
+"""Trained checkpoints -> emotion and class probabilities for files, folders, signals and long recordings.
+
+    Predictor.from_dir("runs/EMODB_LOGMEL_loso")   # a run folder: every fold's model, probabilities averaged
+    Predictor.from_dir("runs/x/fold_0/checkpoint")  # one checkpoint folder
+    predictor.predict_file("a.wav")                 # Prediction(path, emotion, probabilities, duration_s)
+    predictor.predict_signal(x, 44_100)
+    predictor.predict_timeline("long.wav")          # Timeline: Segment(start, end, emotion, probabilities)
+
+Features are computed exactly as at extraction (one `FeatureComputer` built from the checkpoint's
+feature config; float16-stored features are rounded the same way), normalised with each
+checkpoint's training-part statistics, and scored by the model in eval mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ser_dist.audio import TARGET_SAMPLE_RATE, load_audio, prepare_signal
+from ser_dist.errors import AudioError, ConfigError, ModelLoadError
+from ser_dist.features.compute import FeatureComputer
+from ser_dist.features.config import FeatureConfig, FeatureType
+from ser_dist.model.timnet import TimNet
+from ser_dist.prediction.segmentation import (
+    DroppedSpan,
+    SegmentationConfig,
+    Segmenter,
+    VoiceActivityDetector,
+    segment_signal,
+)
+from ser_dist.training.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
+from ser_dist.training.data import Standardizer
+from ser_dist.training.loop import predict_proba
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+TABLE_SUFFIXES = (".csv", ".json")
+_FEATURE_CONFIG_KEYS = {f.name for f in dataclasses.fields(FeatureConfig)}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str | None  # None for an in-memory signal
+    emotion: str  # the most probable class
+    probabilities: dict[str, float]  # class -> probability, in the checkpoint's label order; sums to 1
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    start: float  # seconds
+    end: float
+    emotion: str
+    probabilities: dict[str, float]
+
+
+@dataclass
+class Timeline:
+    path: str | None
+    duration_s: float
+    segments: list[Segment]
+    dropped: list[DroppedSpan] = field(default_factory=list)  # spans not classified, with the reason
+
+
+@dataclass
+class _Member:
+    """One checkpoint of the ensemble."""
+
+    source: str
+    model: TimNet
+    standardizer: Standardizer
+    per_utterance_norm: bool  # trained with per-speaker statistics: an input is normalised by its own
+
+
+class Predictor:
+    """One checkpoint, or every fold of a run averaged, with the feature computer they were trained on."""
+
+    def __init__(self, members: list[_Member], *, labels: list[str], feature_config: FeatureConfig,
+                 computer: FeatureComputer, source: str, device: torch.device, batch_size: int = 16):
+        self.members = members
+        self.labels = list(labels)
+        self.feature_config = feature_config
+        self.computer = computer
+        self.source = source
+        self.device = device
+        self.batch_size = batch_size
+        self._vad: VoiceActivityDetector | None = None
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_dir(
+        cls,
+        directory: Path | str,
+        *,
+        expected_feature_type: FeatureType | str | None = None,
+        ssl_model: str | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+    ) -> Predictor:
+        """Load a checkpoint folder (checkpoint.json + model.safetensors) or a run folder (fold_*/checkpoint/).
+
+        `ssl_model` points an encoder-based checkpoint at another copy of its encoder (a local folder);
+        its weights must hash to the ones the features were extracted with.
+        """
+        directory = Path(directory)
+        expected = FeatureType.parse(expected_feature_type).value if expected_feature_type is not None else None
+        folders = checkpoint_folders(directory)
+        device = torch.device(device)
+        loaded = [(folder, load_checkpoint(folder, expected_feature_type=expected)) for folder in folders]
+        first_folder, first = loaded[0]
+        for folder, other in loaded[1:]:
+            differs = [name for name, a, b in (("labels", first.labels, other.labels),
+                                                ("feature_config", first.feature_config, other.feature_config)) if a != b]
+            if differs:
+                raise ModelLoadError(
+                    f"{directory}: {folder} differs from {first_folder} in {' and '.join(differs)}; "
+                    f"an ensemble needs one label list and one feature config"
+                )
+        feature_config = _feature_config(first.feature_config, directory, ssl_model=ssl_model)
+        computer = FeatureComputer(feature_config, device=device)
+        _check_encoder(first.feature_config.get("encoder") or {}, computer, directory)
+        members = []
+        for folder, item in loaded:
+            if item.model.config.input_dim != computer.dim:
+                raise ModelLoadError(
+                    f"{folder}: the model takes {item.model.config.input_dim}-dim features, but its feature config "
+                    f"({feature_config.feature_type.value}) gives {computer.dim}"
+                )
+            per_utterance = item.meta.get("normalization") == "per_speaker"
+            members.append(_Member(str(folder), item.model.to(device).eval(), item.standardizer, per_utterance))
+        if any(m.per_utterance_norm for m in members):
+            logger.info("%s was trained with per-speaker normalisation: each input is normalised by its own statistics", directory)
+        logger.info("loaded %d checkpoint(s) from %s (%s, labels %s)", len(members), directory,
+                    feature_config.feature_type.value, ",".join(first.labels))
+        return cls(members, labels=first.labels, feature_config=feature_config, computer=computer,
+                   source=str(directory), device=device, batch_size=batch_size)
+
+    # ---- files and signals ---------------------------------------------------------------------
+
+    def predict_file(self, path: Path | str) -> Prediction:
+        signal = load_audio(path)
+        return self._predictions([signal], [str(path)])[0]
+
+    def predict_signal(self, samples: np.ndarray, sample_rate: int) -> Prediction:
+        """Samples (N,) or (N, channels), float, at any rate: validated and resampled as files are."""
+        signal = prepare_signal(samples, sample_rate)
+        return self._predictions([signal], [None])[0]
+
+    def predict_files(self, paths: Sequence[Path | str]) -> list[Prediction]:
+        """One Prediction per path, in input order; files are batched by length. A bad file raises AudioError."""
+        signals = [load_audio(p) for p in paths]
+        return self._predictions(signals, [str(p) for p in paths])
+
+    def predict_signals(self, signals: Sequence[np.ndarray], names: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Predictions for 16 kHz mono float32 signals (as `load_audio` returns them)."""
+        return self._predictions(list(signals), list(names) if names is not None else [None] * len(signals))
+
+    def probabilities(self, signals: Sequence[np.ndarray]) -> np.ndarray:
+        """Ensemble-averaged class probabilities (N, C) for 16 kHz mono signals, in input order."""
+        signals = list(signals)
+        out = np.zeros((len(signals), len(self.labels)), np.float32)
+        order = np.argsort([len(s) for s in signals], kind="stable")  # similar lengths share a batch
+        for first in range(0, len(order), self.batch_size):
+            chunk = order[first : first + self.batch_size]
+            out[chunk] = self._probabilities([signals[i] for i in chunk])
+        return out
+
+    def _probabilities(self, signals: list[np.ndarray]) -> np.ndarray:
+        features = self.computer.compute(signals)  # (T_i, D) each
+        if self.feature_config.storage_dtype == "float16":  # the model was trained on float16-stored features
+            features = [f.astype(np.float16).astype(np.float32) for f in features]
+        positions = np.arange(len(features))
+        total = np.zeros((len(features), len(self.labels)), np.float64)
+        for member in self.members:
+            if member.per_utterance_norm:
+                normalised = [Standardizer.fit([f]).apply(f) for f in features]
+            else:
+                normalised = [member.standardizer.apply(f) for f in features]
+            total += predict_proba(member.model, normalised, positions, device=self.device, batch_size=self.batch_size)
+        return (total / len(self.members)).astype(np.float32)
+
+    def _predictions(self, signals: list[np.ndarray], names: list[str | None]) -> list[Prediction]:
+        probs = self.probabilities(signals)
+        return [
+            Prediction(name, self.labels[int(row.argmax())], self._as_dict(row), len(signal) / TARGET_SAMPLE_RATE)
+            for name, signal, row in zip(names, signals, probs, strict=True)
+        ]
+
+    def _as_dict(self, row: np.ndarray) -> dict[str, float]:
+        return {label: float(p) for label, p in zip(self.labels, row, strict=True)}
+
+    # ---- long recordings -----------------------------------------------------------------------
+
+    def predict_timeline(self, path: Path | str, segmentation: SegmentationConfig | None = None) -> Timeline:
+        """Cut a recording by voice activity (default) or fixed windows and classify each piece."""
+        return self._timeline(load_audio(path), str(path), segmentation or SegmentationConfig())
+
+    def predict_signal_timeline(self, samples: np.ndarray, sample_rate: int, segmentation: SegmentationConfig | None = None) -> Timeline:
+        return self._timeline(prepare_signal(samples, sample_rate), None, segmentation or SegmentationConfig())
+
+    def _timeline(self, signal: np.ndarray, name: str | None, config: SegmentationConfig) -> Timeline:
+        if config.method is Segmenter.VAD and self._vad is None:
+            self._vad = VoiceActivityDetector()
+        cut = segment_signal(signal, TARGET_SAMPLE_RATE, config=config, detector=self._vad)
+        pieces = [signal[int(round(s * TARGET_SAMPLE_RATE)) : int(round(e * TARGET_SAMPLE_RATE))] for s, e in cut.spans]
+        probs = self.probabilities(pieces) if pieces else np.zeros((0, len(self.labels)), np.float32)
+        segments = [
+            Segment(start, end, self.labels[int(row.argmax())], self._as_dict(row))
+            for (start, end), row in zip(cut.spans, probs, strict=True)
+        ]
+        return Timeline(name, len(signal) / TARGET_SAMPLE_RATE, segments, cut.dropped)
+
+
+def checkpoint_folders(directory: Path) -> list[Path]:
+    """The checkpoint folder itself, or every fold's checkpoint of a run folder (fold order)."""
+    if not directory.is_dir():
+        raise ModelLoadError(f"{directory}: no such folder; expected a checkpoint folder or a run folder runs/<name>")
+    if (directory / META_FILE).exists() or (directory / WEIGHTS_FILE).exists():
+        return [directory]  # load_checkpoint says what is missing
+    folds = sorted((p for p in directory.glob("fold_*") if p.is_dir()), key=_fold_index)
+    if not folds:
+        raise ModelLoadError(
+            f"{directory} is neither a checkpoint folder ({META_FILE} + {WEIGHTS_FILE}) nor a run folder (fold_<k>/checkpoint/)"
+        )
+    unfinished = [p.name for p in folds if not (p / "checkpoint").is_dir()]
+    if unfinished:
+        raise ModelLoadError(
+            f"{directory}: {', '.join(unfinished)} of {len(folds)} folds have no checkpoint/ (run not finished?); "
+            f"finish the run or point --model at one fold's checkpoint folder"
+        )
+    return [p / "checkpoint" for p in folds]
+
+
+def _fold_index(path: Path) -> tuple[int, str]:
+    suffix = path.name.removeprefix("fold_")
+    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+
+
+def _feature_config(stored: dict, directory: Path, *, ssl_model: str | None) -> FeatureConfig:
+    """The checkpoint's FeatureConfig; provenance keys stored beside it (e.g. "encoder") are not config."""
+    if not stored or "feature_type" not in stored:
+        raise ModelLoadError(f"{directory}: checkpoint.json has no feature_config.feature_type; it cannot say how to compute its inputs")
+    try:
+        config = FeatureConfig.from_dict({k: v for k, v in stored.items() if k in _FEATURE_CONFIG_KEYS})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{directory}: the stored feature config is not valid here ({exc})") from exc
+    if ssl_model is not None:
+        if not config.feature_type.uses_encoder:
+            raise ConfigError(f"{directory} uses {config.feature_type.value} features, which need no encoder; drop ssl_model")
+        config = dataclasses.replace(config, ssl=dataclasses.replace(config.ssl, model=ssl_model))
+    return config
+
+
+def _check_encoder(stored: dict, computer: FeatureComputer, directory: Path) -> None:
+    expected = stored.get("weight_hash")
+    if computer.encoder is None or not expected:
+        return
+    actual = computer.encoder_metadata()["weight_hash"]
+    if actual != expected:
+        raise ModelLoadError(
+            f"{directory}: its features came from encoder weights {expected} ({stored.get('model')}), but "
+            f"{computer.encoder.model_id} has weights {actual}; pass ssl_model= the encoder it was trained with"
+        )
+
+
+# ---- the `ser-dist predict` table ------------------------------------------------------------------
+
+
+def expand_audio_paths(paths: Iterable[Path | str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given and the .wav/.flac files under folders (recursive, sorted); plus (path, reason) for misses."""
+    files: list[Path] = []
+    missing: list[tuple[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                missing.append((str(path), f"folder holds no {' or '.join(AUDIO_SUFFIXES)} files"))
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            missing.append((str(path), "no such file or folder"))
+    return files, missing
+
+
+def predict_paths(
+    paths: list[str],
+    model_dir: str,
+    *,
+    out: str | None = None,
+    timeline: bool = False,
+    segmenter: str = SegmentationConfig.method.value,
+    window_s: float | None = None,
+    hop_s: float | None = None,
+    device: str = "cpu",
+) -> pd.DataFrame:
+    """Predict every file (folders are searched recursively) and return, and optionally write, the table.
+
+    One row per file, or per segment with `timeline`. A file that cannot be used gives a row with
+    status "error" and the reason instead of stopping the run; a segment left out gives status "skipped".
+    `out` ending in .csv or .json is written in that format.
+    """
+    if out is not None and Path(out).suffix.lower() not in TABLE_SUFFIXES:
+        raise ConfigError(f"--out {out!r}: unknown table format; expected a file ending in {' or '.join(TABLE_SUFFIXES)}")
+    options = {k: v for k, v in (("window_s", window_s), ("hop_s", hop_s)) if v is not None}
+    segmentation = SegmentationConfig(method=Segmenter.parse(segmenter), **options)
+    predictor = Predictor.from_dir(model_dir, device=device)
+    files, missing = expand_audio_paths(paths)
+    rows = [_error_row(path, reason) for path, reason in missing]
+    if timeline:
+        for path in files:
+            try:
+                result = predictor.predict_timeline(path, segmentation)
+            except AudioError as exc:
+                rows.append(_error_row(str(path), exc.problem))
+                continue
+            rows.extend(_timeline_rows(result, predictor.labels))
+    else:
+        rows.extend(_file_rows(predictor, files))
+    table = pd.DataFrame(rows, columns=_columns(predictor.labels, timeline=timeline))
+    n_bad = int((table["status"] != "ok").sum())
+    if n_bad:
+        logger.warning("%d of %d rows not predicted: %s", n_bad, len(table),
+                       "; ".join(f"{r.path}: {r.reason}" for r in table[table["status"] != "ok"].itertuples()))
+    if out is not None:
+        write_table(table, out)
+    return table
+
+
+def write_table(table: pd.DataFrame, out: Path | str) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".json":
+        out.write_text(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
+    else:
+        table.to_csv(out, index=False)
+    return out
+
+
+def _columns(labels: list[str], *, timeline: bool) -> list[str]:
+    timing = ["start_s", "end_s"] if timeline else []
+    return ["path", "status", "reason", *timing, "emotion", "duration_s", *[f"p_{label}" for label in labels]]
+
+
+def _error_row(path: str, reason: str, status: str = "error") -> dict:
+    return {"path": path, "status": status, "reason": reason}
+
+
+def _file_rows(predictor: Predictor, files: list[Path]) -> list[dict]:
+    rows: list[dict] = []
+    signals, names = [], []
+    for path in files:
+        try:
+            signals.append(load_audio(path))
+            names.append(str(path))
+        except AudioError as exc:
+            rows.append(_error_row(str(path), exc.problem))
+    try:
+        predictions = predictor.predict_signals(signals, names)
+    except AudioError:  # an encoder refused one signal of a batch: find which, file by file
+        predictions = []
+        for signal, name in zip(signals, names, strict=True):
+            try:
+                predictions.extend(predictor.predict_signals([signal], [name]))
+            except AudioError as exc:
+                rows.append(_error_row(name, exc.problem))
+    for p in predictions:
+        rows.append({"path": p.path, "status": "ok", "reason": "", "emotion": p.emotion, "duration_s": p.duration_s,
+                     **{f"p_{label}": v for label, v in p.probabilities.items()}})
+    order = {str(path): i for i, path in enumerate(files)}
+    return sorted(rows, key=lambda r: order.get(r["path"], -1))
+
+
+def _timeline_rows(result: Timeline, labels: list[str]) -> list[dict]:
+    rows = [
+        {"path": result.path, "status": "ok", "reason": "", "start_s": s.start, "end_s": s.end, "emotion": s.emotion,
+         "duration_s": s.end - s.start, **{f"p_{label}": s.probabilities[label] for label in labels}}
+        for s in result.segments
+    ]
+    rows += [
+        {"path": result.path, "status": "skipped", "reason": d.reason, "start_s": d.start_s, "end_s": d.end_s, "duration_s": d.end_s - d.start_s}
+        for d in result.dropped
+    ]
+    if not rows:
+        rows.append(_error_row(result.path, f"no speech found in {result.duration_s:.2f} s", status="skipped"))
+    return sorted(rows, key=lambda r: r.get("start_s", 0.0))
