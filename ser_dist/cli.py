@@ -221,7 +221,45 @@ def _run_predict(args) -> None:
         print(f"{len(table)} rows ({int((table['status'] == 'ok').sum())} ok) -> {args.out}")
 
 
-SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_evaluate, _add_cross_matrix, _add_predict]
+def _add_tune(sub) -> None:
+    from ser_dist.tuning import TuneConfig
+
+    p = sub.add_parser("tune", help="hyperparameter sweep (Optuna + ASHA on Ray Tune), then a k-fold run of the best config")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--features", default="LOGMEL", help="LOGMEL, HUBERT or FUSION (default: %(default)s)")
+    p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
+    p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
+    p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")
+    p.add_argument("--protocol", default=_default(TuneConfig, "protocol"), help="loso, speaker_kfold, losesso or kfold (default: %(default)s)")
+    p.add_argument("--folds", type=int, default=None, help="k for kfold / speaker_kfold")
+    p.add_argument("--seed", type=int, default=_default(TuneConfig, "seed"))
+    p.add_argument("--samples", type=int, default=_default(TuneConfig, "num_samples"), help="trials (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=_default(TuneConfig, "epochs"), help="most epochs per trial, and in the final run (default: %(default)s)")
+    p.add_argument("--inner-folds", type=int, default=_default(TuneConfig, "inner_folds"), help="outer folds whose training sides make the objective (default: %(default)s)")
+    p.add_argument("--max-concurrent-trials", type=int, default=None, help="(default: one per cluster CPU)")
+    p.add_argument("--no-final-run", action="store_true", help="stop after the sweep (no k-fold run of the best config)")
+    p.add_argument("--out", default=_default(TuneConfig, "out"), help="(default: %(default)s)")
+    p.add_argument("--name", default=None, help="run folder (default: <dataset>_<protocol>_tune); the same name resumes")
+    p.set_defaults(run=_run_tune)
+
+
+def _run_tune(args) -> None:
+    from ser_dist.tuning import TuneConfig, run_sweep
+
+    config = TuneConfig(
+        features_path=_features_path(args), protocol=args.protocol, n_folds=args.folds, seed=args.seed,
+        num_samples=args.samples, epochs=args.epochs, inner_folds=args.inner_folds,
+        max_concurrent_trials=args.max_concurrent_trials, final_run=not args.no_final_run, out=args.out, name=args.name,
+    )
+    summary = run_sweep(config)
+    print(f"sweep: best val UAR {summary['best_val_uar']:.3f} over {summary['n_trials']} trials; {summary['objective']}")
+    print(f"results table: {summary['results_table']}")
+    final = summary["final_summary"]
+    if final:
+        print(f"final k-fold run (test scores): UAR {final['uar']:.3f}  WAR {final['war']:.3f}  -> {final['run_dir']}")
+
+
+SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_tune, _add_evaluate, _add_cross_matrix, _add_predict]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except SerDistError as exc:
         print(f"ser-dist {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"ser-dist {args.command}: interrupted: {exc or 'rerun the same command to resume'}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -324,7 +324,7 @@ def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFold
         "protocol": _describe(config, len(folds)),
         "features": str(config.features_path),
         "labels": labels,
-        "folds": [{k: r[k] for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features")} for r in results],
+        "folds": [{k: r.get(k) for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features")} for r in results],
         "uar": pooled["uar"], "war": pooled["war"], "macro_f1": pooled["macro_f1"],
         "fold_uar": mean_std([r["uar"] for r in results]), "fold_war": mean_std([r["war"] for r in results]),
         "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
