@@ -36,7 +36,7 @@ RAY = VENV_BIN / "ray"
 MARKER = "SER_DIST_TEST_CLUSTER"  # set on `ray start`; every process of the cluster inherits it
 EMODB_EMOTIONS = "WLEAFTN"  # anger, boredom, disgust, fear, happiness, sadness, neutral
 SUBSET_SPEAKERS = ("03", "09", "10", "11")  # 2 men, 2 women; each has all seven emotions
-JOB_TIMEOUT_S = 240.0  # the job took 166 s, and once over 180 s, at load average 30-35 on 2 shared cores
+JOB_TIMEOUT_S = 600.0  # ~105 s at load 22-35 on 2 shared cores; once > 240 s while other benchmarks ran beside it
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
