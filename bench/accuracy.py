@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -90,6 +88,14 @@ def _headline(result: dict) -> dict:
     }
 
 
+def _relative(path: Path) -> str:
+    """Path relative to the repo when inside it, so results carry no machine-specific prefix."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def model_run(features: str, paths: list[str], protocol_key: str, epochs: int, runs: Path, *, name_suffix: str = "", **train_changes) -> dict:
     protocol, n_folds = PROTOCOLS[protocol_key]
     config = KFoldConfig(
@@ -107,7 +113,7 @@ def model_run(features: str, paths: list[str], protocol_key: str, epochs: int, r
         "per_class_f1": {k: round(v["f1"], 4) for k, v in summary["per_class"].items()},
         "features_chosen": [Path(f["features"]).parent.name for f in summary["folds"]],
         "wall_s": time.perf_counter() - started, "folds_trained_this_run": summary["folds_trained_this_run"],
-        "run_dir": str(runs / summary["run"]),
+        "run_dir": _relative(runs / summary["run"]),
     }
 
 
@@ -179,7 +185,6 @@ def main() -> None:
     if speedups:
         results["targets"].append({"target": "parallel folds >= 1.6x sequential", "measured": speedups[0]["wall_s"], "met": bool(speedups[0]["wall_s"] >= 1.6)})
     save()
-    _ = np  # numpy is used by the references module; keep the import for readers running pieces interactively
 
 
 if __name__ == "__main__":
