@@ -150,8 +150,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--target", required=True, help="target corpus: EMODB, RAVDESS or IEMOCAP")
     p.add_argument("--features-dir", default=None, help="feature store root holding the target's features (default: the store the source run was trained from)")
     p.add_argument("--target-features", default=None, help="the target's stored feature folder itself (overrides --target/--features-dir lookup)")
-    p.add_argument("--normalization", choices=["source", "target"], default=_default(EvaluationConfig, "normalization"),
-                   help="source: each checkpoint's training statistics; target: the target corpus's own statistics (transductive, unlabelled) (default: %(default)s)")
+    p.add_argument("--normalization", choices=["source", "target", "per_speaker"], default=_default(EvaluationConfig, "normalization"),
+                   help="source: each checkpoint's training statistics; target: the target corpus's own statistics; per_speaker: each target speaker's own (both transductive, unlabelled) (default: %(default)s)")
     p.add_argument("--mode", choices=["fold_ensemble", "single"], default=_default(EvaluationConfig, "mode"),
                    help="fold_ensemble: every fold's model, probabilities averaged; single: <run>/full/checkpoint or the checkpoint folder given (default: %(default)s)")
     p.add_argument("--mapping", default=None, help="YAML/JSON {from: to} emotion mapping on top of the default (to: null leaves a class out)")
@@ -175,7 +175,7 @@ def _add_cross_matrix(sub) -> None:
     p.add_argument("--source", action="append", required=True, metavar="CORPUS=RUN", help="a trained source run, e.g. EMODB=runs/EMODB_LOGMEL_loso (repeat)")
     p.add_argument("--targets", default=None, help="comma-separated target corpora (default: the sources' corpora)")
     p.add_argument("--features-dir", default=None, help="feature store root (default: the store the first source run was trained from)")
-    p.add_argument("--normalization", choices=["source", "target"], default="source")
+    p.add_argument("--normalization", choices=["source", "target", "per_speaker"], default="source")
     p.add_argument("--mode", choices=["fold_ensemble", "single"], default="fold_ensemble")
     p.add_argument("--mapping", default=None)
     p.add_argument("--out", default="runs/cross_corpus_matrix", help="(default: %(default)s)")

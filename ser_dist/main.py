@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs_dir", default="runs")
     p.add_argument("--ssl_model", default=DEFAULT_SSL_MODEL, help="encoder for HUBERT/FUSION (folder or hub id)")
     p.add_argument("--ssl_layer", type=int, default=-1)
-    p.add_argument("--normalization", default="source", choices=["source", "target"], help="cross-corpus normalisation")
+    p.add_argument("--normalization", default="source", choices=["source", "target", "per_speaker"], help="cross-corpus normalisation")
     return p
 
 

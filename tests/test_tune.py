@@ -43,6 +43,8 @@ def test_search_space_rejects_bad_ranges():
         SearchSpace(label_smoothing=(0.0, 1.0))
     with pytest.raises(ConfigError, match="width"):
         SearchSpace(width=())
+    with pytest.raises(ConfigError, match="normalization takes"):
+        SearchSpace(normalization=("per_utterance",))
     with pytest.raises(ConfigError, match="inner_folds"):
         TuneConfig(features_path="x", inner_folds=0)
 
@@ -55,15 +57,18 @@ def test_param_space_fixes_single_values():
     assert isinstance(space["n_blocks"], tune.search.sample.Categorical)
     assert isinstance(space["features"], tune.search.sample.Categorical)
     assert SearchSpace().param_space(("only",))["features"] == "only"
+    assert SearchSpace().param_space(("only",))["normalization"] == "train_global"
+    both = SearchSpace(normalization=("train_global", "per_speaker")).param_space(("only",))["normalization"]
+    assert isinstance(both, tune.search.sample.Categorical) and set(both.categories) == {"train_global", "per_speaker"}
 
 
 def test_best_train_config_maps_searched_keys():
     base = TrainConfig(epochs=60, patience=7, model=ModelOptions(width=64, kernel_size=3))
     params = {"lr": 3e-3, "weight_decay": 0.02, "label_smoothing": 0.05, "batch_size": np.int64(16),
-              "dropout": 0.3, "width": 96, "n_blocks": 6, "features": "some/path"}
+              "dropout": 0.3, "width": 96, "n_blocks": 6, "features": "some/path", "normalization": "per_speaker"}
     config = best_train_config(base, params, epochs=30)
     assert (config.lr, config.weight_decay, config.label_smoothing, config.batch_size, config.epochs) == (3e-3, 0.02, 0.05, 16, 30)
-    assert type(config.batch_size) is int
+    assert type(config.batch_size) is int and config.normalization == "per_speaker"
     assert (config.model.dropout, config.model.width, config.model.n_blocks) == (0.3, 96, 6)
     assert config.patience == 7 and config.model.kernel_size == 3  # not searched: kept from base
 

@@ -13,7 +13,9 @@ all stated in every report's protocol:
   checkpoint folder given.
 - normalization: `source` applies each checkpoint's own training-part statistics; `target` fits one
   mean/std on all of the target corpus's features (transductive: its audio, never its labels, and
-  utterances later left out by the label mapping count too).
+  utterances later left out by the label mapping count too); `per_speaker` normalises each target
+  speaker by their own frames (transductive likewise), the counterpart of training with
+  `normalization: per_speaker`.
 - labels: see `ser_dist.evaluation.mapping` (one table, shared by both sides; classes without a
   counterpart are left out of the score and counted).
 
@@ -47,6 +49,7 @@ from ser_dist.evaluation.mapping import (
 )
 from ser_dist.features.config import FeatureConfig, FeatureType, LogMelConfig
 from ser_dist.features.store import FeatureTable, load_features, read_metadata, resolve_version, version_dir
+from ser_dist.storage import StagedDirectory, as_location
 from ser_dist.training.checkpoint import META_FILE, LoadedModel, load_checkpoint
 from ser_dist.training.data import Standardizer
 from ser_dist.training.loop import predict_proba
@@ -79,6 +82,7 @@ class EvaluationMode(StrEnum):
 class TargetNormalization(StrEnum):
     SOURCE = "source"
     TARGET = "target"
+    PER_SPEAKER = "per_speaker"
 
     @classmethod
     def parse(cls, name: str) -> TargetNormalization:
@@ -95,6 +99,7 @@ MODE_DESCRIPTIONS = {
 NORMALIZATION_DESCRIPTIONS = {
     TargetNormalization.SOURCE: "source training statistics",
     TargetNormalization.TARGET: "target corpus statistics (transductive, unlabelled)",
+    TargetNormalization.PER_SPEAKER: "each target speaker's own statistics (transductive, unlabelled; for models trained per speaker)",
 }
 
 
@@ -199,8 +204,18 @@ class CrossCorpusEvaluator:
         keep = np.array([i for i, label in enumerate(shared_true) if label in common], dtype=np.int64)
         removed = removed_counts(target_labels, common, mapping)
 
-        standardizer = Standardizer.fit(table.features) if normalization is TargetNormalization.TARGET else None
-        probabilities = self.source_probabilities([table.features[i] for i in keep], standardizer=standardizer)  # (M, N, C)
+        kept_features = [table.features[i] for i in keep]
+        standardizer = None
+        if normalization is TargetNormalization.TARGET:
+            standardizer = Standardizer.fit(table.features)
+        elif normalization is TargetNormalization.PER_SPEAKER:
+            from ser_dist.training.data import normalise
+
+            normalised, _ = normalise(table.features, table.meta["speaker"].astype(str).tolist(),
+                                      train_positions=np.arange(len(table.features)), mode="per_speaker")
+            kept_features = [normalised[i] for i in keep]
+            standardizer = Standardizer.identity(table.dim)
+        probabilities = self.source_probabilities(kept_features, standardizer=standardizer)  # (M, N, C)
         ensemble = probabilities.mean(axis=0)
         merged = merge_probabilities(ensemble, self.labels, common, mapping)  # (N, K)
         true = [shared_true[i] for i in keep]
@@ -412,6 +427,15 @@ def write_cross_corpus_outputs(out_dir: Path | str, result: dict) -> dict:
 def default_out_dir(source_run: Path | str, target_corpus: str, *, mode: EvaluationMode | str, normalization: TargetNormalization | str,
                     mapping_file: str | None = None) -> Path:
     """<run>/cross_<TARGET>, with a suffix per non-default choice so that evaluations never overwrite each other."""
+    name = report_dir_name(target_corpus, mode=mode, normalization=normalization, mapping_file=mapping_file)
+    source = Path(source_run)
+    base = source.parent if (source / META_FILE).is_file() else source  # never write into a checkpoint folder
+    return base / name
+
+
+def report_dir_name(target_corpus: str, *, mode: EvaluationMode | str, normalization: TargetNormalization | str,
+                    mapping_file: str | None = None) -> str:
+    """`cross_<TARGET>[_<mode>][_<normalization>-norm][_map-<file>]` (defaults left out)."""
     mode, normalization = EvaluationMode.parse(mode), TargetNormalization.parse(normalization)
     name = f"cross_{target_corpus}"
     if mode is not EvaluationMode.FOLD_ENSEMBLE:
@@ -420,9 +444,7 @@ def default_out_dir(source_run: Path | str, target_corpus: str, *, mode: Evaluat
         name += f"_{normalization.value}-norm"
     if mapping_file:
         name += f"_map-{Path(mapping_file).stem}"
-    source = Path(source_run)
-    base = source.parent if (source / META_FILE).is_file() else source  # never write into a checkpoint folder
-    return base / name
+    return name
 
 
 # ------------------------------------------------------------------------------------ Ray entry points
@@ -439,7 +461,21 @@ def _start_evaluator(source_run: str, mode: EvaluationMode):
 
 
 def evaluate_cross_corpus(config: EvaluationConfig) -> dict:
-    """Score a source run on a target corpus in a Ray actor; writes the report files and returns the report dict."""
+    """Score a source run on a target corpus in a Ray actor; writes the report files and returns the report dict.
+
+    `source_run` and `out` may be URIs (s3://…): the run is fetched into a local mirror (Ray's own
+    storage left out), and the report files are uploaded next to it (or to `out`) afterwards.
+    """
+    source = as_location(config.source_run)
+    if source.is_local:
+        return _evaluate_cross_corpus(config)
+    staged_root = source.parent if (source / META_FILE).is_file() else source  # reports go beside a checkpoint folder
+    with StagedDirectory(staged_root, exclude=("ray",)) as staged:
+        local_source = staged.local if staged_root == source else staged.local / source.name
+        return _evaluate_cross_corpus(dataclasses.replace(config, source_run=str(local_source)))
+
+
+def _evaluate_cross_corpus(config: EvaluationConfig) -> dict:
     import ray
 
     from ser_dist.ray_runtime import ensure_ray
@@ -452,10 +488,15 @@ def evaluate_cross_corpus(config: EvaluationConfig) -> dict:
         result = ray.get(evaluator.evaluate.remote(config.target_features, normalization=config.normalization, mapping=mapping))
     finally:
         ray.kill(evaluator)
-    out = Path(config.out) if config.out else default_out_dir(
-        config.source_run, result["target"]["corpus"], mode=config.mode, normalization=config.normalization, mapping_file=config.mapping_file
-    )
-    report = write_cross_corpus_outputs(out, result)
+    if config.out and not as_location(config.out).is_local:
+        out = as_location(config.out)
+        with StagedDirectory(out) as staged_out:
+            report = write_cross_corpus_outputs(staged_out.local, result)
+    else:
+        out = Path(config.out) if config.out else default_out_dir(
+            config.source_run, result["target"]["corpus"], mode=config.mode, normalization=config.normalization, mapping_file=config.mapping_file
+        )
+        report = write_cross_corpus_outputs(out, result)
     logger.info("%s: UAR %.3f WAR %.3f on %d utterances (%d removed by the mapping) -> %s",
                 report["title"], report["summary"]["uar"], report["summary"]["war"], report["summary"]["n"], result["n_removed"], out)
     return report
@@ -575,7 +616,7 @@ def target_features_path(features_root: Path | str | None, source_run: Path | st
     if features_root is None:
         if not run_config.get("features"):
             raise ConfigError(f"{source_run}: run_config.json does not say where its features are; pass features_root (--features-dir)")
-        features_root = Path(run_config["features"]).parents[2]
+        features_root = as_location(run_config["features"]).parents[2]
     corpus = corpus_name(target_corpus)
     path = version_dir(features_root, config, corpus)
     if not path.is_dir():

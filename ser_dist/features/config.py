@@ -119,8 +119,17 @@ class FeatureConfig:
         )
 
     def version(self) -> str:
-        """Stable 10-hex-digit hash of everything that changes the stored numbers."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Stable 10-hex-digit hash of everything that changes the stored numbers.
+
+        A local encoder folder counts by its folder name, not the path it was reached by, so
+        `../shared/models/x`, `/abs/shared/models/x` and the same folder mounted elsewhere on a
+        cluster node share one version (the weight hash in each part's provenance is checked when
+        a version is completed).
+        """
+        identity = self.to_dict()
+        if "ssl" in identity and _is_local_path(identity["ssl"]["model"]):
+            identity["ssl"]["model"] = "local:" + identity["ssl"]["model"].rstrip("/").split("/")[-1]
+        blob = json.dumps(identity, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def dataset_name(self, corpus: str) -> str:
@@ -129,3 +138,10 @@ class FeatureConfig:
         if self.feature_type.uses_encoder and not self.ssl.is_default_hubert:
             name += f"_{self.ssl.slug}"
         return name
+
+
+def _is_local_path(model: str) -> bool:
+    """A folder on disk (absolute, ./ or ../ relative, or existing) rather than a hub id like org/name."""
+    import os
+
+    return model.startswith(("/", "./", "../", "~")) or os.path.isdir(model)

@@ -34,6 +34,7 @@ from ser_dist.features.store import (
     write_metadata,
     write_part_atomically,
 )
+from ser_dist.storage import Location, as_location
 
 logger = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ("utterance_id", "path", "status", "reason", "n_frames", "audio_s")
@@ -55,7 +56,7 @@ class ExtractionOptions:
 
 @dataclass
 class ExtractionResult:
-    directory: Path
+    directory: Location
     n_total: int
     n_extracted: int  # in this run
     n_already_done: int
@@ -78,7 +79,7 @@ class FeatureWorker:
 
         torch.set_num_threads(max(1, torch_threads))
         self.config = FeatureConfig.from_dict(config)
-        self.directory = Path(directory)
+        self.directory = as_location(directory)
         self.computer = FeatureComputer(self.config, device=device)
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +106,7 @@ class FeatureWorker:
 def extract_features(
     manifest: pd.DataFrame,
     config: FeatureConfig,
-    out_root: Path | str,
+    out_root: Path | str | Location,
     *,
     corpus: str,
     options: ExtractionOptions | None = None,
@@ -114,15 +115,20 @@ def extract_features(
     options = options or ExtractionOptions()
     started = time.perf_counter()
     directory = version_dir(out_root, config, corpus)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()
     with exclusive_writer(directory):
         return _extract_locked(manifest, config, directory, corpus=corpus, options=options, started=started)
 
 
 @contextmanager
-def exclusive_writer(directory: Path):
+def exclusive_writer(directory: Location):
     """One extraction at a time per version folder: a second one fails fast instead of writing duplicates."""
-    lock_path = directory / ".lock"
+    directory = as_location(directory)
+    if not directory.is_local:
+        with _remote_lease(directory):
+            yield
+        return
+    lock_path = directory.local_path / ".lock"
     handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole extraction
     try:
         try:
@@ -142,7 +148,27 @@ def exclusive_writer(directory: Path):
         handle.close()
 
 
-def _extract_locked(manifest: pd.DataFrame, config: FeatureConfig, directory: Path, *, corpus: str, options: ExtractionOptions, started: float) -> ExtractionResult:
+@contextmanager
+def _remote_lease(directory: Location):
+    """Object stores have no file locks: a lease object names the writer and is removed at the end.
+
+    Best effort (check, then write): it stops the common mistake of starting the same extraction twice.
+    A run that died leaves its lease behind; the error says which object to delete.
+    """
+    lease = directory / ".lease"
+    if lease.is_file():
+        raise FeatureStoreError(
+            f"another extraction ({lease.read_text().strip() or 'unknown'}) holds {lease.redacted()}; wait for it to finish "
+            f"and rerun, or delete that object if the run died (finished parts are kept)"
+        )
+    lease.write_text(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
+    try:
+        yield
+    finally:
+        lease.unlink(missing_ok=True)
+
+
+def _extract_locked(manifest: pd.DataFrame, config: FeatureConfig, directory: Location, *, corpus: str, options: ExtractionOptions, started: float) -> ExtractionResult:
     import ray
 
     from ser_dist.ray_runtime import cluster_cpus, cluster_has_gpu, ensure_ray
@@ -216,6 +242,12 @@ def _metadata(config: FeatureConfig, corpus: str, manifest: pd.DataFrame, result
 
     parts = part_files(result.directory)
     provenance = read_part_provenance(parts[-1]) if parts else {}
+    hashes = {str((read_part_provenance(p).get("encoder") or {}).get("weight_hash")) for p in parts}
+    if len(hashes) > 1:
+        raise FeatureStoreError(
+            f"{result.directory.redacted()} holds parts made with different encoder weights ({sorted(hashes)}): two "
+            "encoder folders with the same name were used; delete the version folder and extract again"
+        )
     encoder = provenance.get("encoder", previous.get("encoder", {}))
     dim = provenance.get("dim", previous.get("dim"))
     now = datetime.now(UTC).isoformat(timespec="seconds")

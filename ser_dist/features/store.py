@@ -9,6 +9,9 @@ Layout::
 Each row is one utterance: utterance_id, corpus, speaker, gender, session, label, n_frames, dim and
 `features`, the (n_frames, dim) matrix flattened row-major into a list of float32 (or float16).
 A changed config hashes to another version folder, so versions never mix.
+
+`<out>` is a local path or a `pyarrow.fs` URI (`s3://bucket/features`): every function here takes
+either and works through `ser_dist.storage.Location`, so Ray workers on any node write to the same store.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pyarrow.parquet as pq
 
 from ser_dist.errors import FeatureStoreError
 from ser_dist.features.config import FeatureConfig
+from ser_dist.storage import Location, as_location
 
 META_COLUMNS: tuple[str, ...] = ("utterance_id", "corpus", "speaker", "gender", "session", "label")
 METADATA_FILE = "metadata.json"
@@ -34,12 +38,12 @@ TMP_PREFIX = ".tmp-"
 PROVENANCE_KEY = "ser_dist.provenance"
 
 
-def dataset_dir(out_root: Path | str, config: FeatureConfig, corpus: str) -> Path:
+def dataset_dir(out_root: Path | str | Location, config: FeatureConfig, corpus: str) -> Location:
     """`<out>/<TYPE>/<CORPUS>_<TYPE>[_<encoder>]` (all versions of one corpus and feature type)."""
-    return Path(out_root) / config.feature_type.value / config.dataset_name(corpus)
+    return as_location(out_root) / config.feature_type.value / config.dataset_name(corpus)
 
 
-def version_dir(out_root: Path | str, config: FeatureConfig, corpus: str) -> Path:
+def version_dir(out_root: Path | str | Location, config: FeatureConfig, corpus: str) -> Location:
     return dataset_dir(out_root, config, corpus) / f"v_{config.version()}"
 
 
@@ -71,64 +75,67 @@ def features_to_table(
     return pa.table(columns, schema=schema)
 
 
-def read_part_provenance(path: Path) -> dict:
-    metadata = pq.read_schema(path).metadata or {}
+def read_part_provenance(path: Location) -> dict:
+    metadata = pq.read_schema(path.path, filesystem=path.filesystem).metadata or {}
     raw = metadata.get(PROVENANCE_KEY.encode())
     return json.loads(raw) if raw else {}
 
 
-def write_part_atomically(directory: Path, table: pa.Table) -> Path:
-    """Write to a hidden temp name, then rename: readers never see a half-written part."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_part_atomically(directory: Path | str | Location, table: pa.Table) -> Location:
+    """Readers never see a half-written part: locally it is written under a hidden temp name and
+    renamed; on an object store the object appears only when its upload completes."""
+    directory = as_location(directory)
+    directory.mkdir()
     name = f"{PART_PREFIX}{uuid.uuid4().hex}.parquet"
-    tmp = directory / f"{TMP_PREFIX}{name}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, directory / name)
+    if directory.is_local:
+        tmp = directory / f"{TMP_PREFIX}{name}"
+        pq.write_table(table, tmp.path, compression="zstd")
+        os.replace(tmp.path, (directory / name).path)
+    else:
+        pq.write_table(table, (directory / name).path, compression="zstd", filesystem=directory.filesystem)
     return directory / name
 
 
-def part_files(directory: Path) -> list[Path]:
-    return sorted(directory.glob(f"{PART_PREFIX}*.parquet")) if directory.is_dir() else []
+def part_files(directory: Path | str | Location) -> list[Location]:
+    return [p for p in as_location(directory).glob(f"{PART_PREFIX}*") if p.name.endswith(".parquet")]
 
 
-def remove_stale_temporaries(directory: Path) -> int:
+def remove_stale_temporaries(directory: Path | str | Location) -> int:
     """Delete temp files an interrupted run left behind; returns how many."""
-    stale = list(directory.glob(f"{TMP_PREFIX}*")) if directory.is_dir() else []
+    stale = as_location(directory).glob(f"{TMP_PREFIX}*")
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
 
 
-def stored_utterance_ids(directory: Path) -> set[str]:
+def stored_utterance_ids(directory: Path | str | Location) -> set[str]:
     """Ids already written (reads only the id column of each complete part)."""
     ids: set[str] = set()
     for path in part_files(directory):
-        ids.update(pq.read_table(path, columns=["utterance_id"]).column(0).to_pylist())
+        ids.update(pq.read_table(path.path, columns=["utterance_id"], filesystem=path.filesystem).column(0).to_pylist())
     return ids
 
 
-def write_metadata(directory: Path, metadata: dict) -> None:
-    tmp = directory / f"{TMP_PREFIX}{METADATA_FILE}"
-    tmp.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-    os.replace(tmp, directory / METADATA_FILE)
+def write_metadata(directory: Path | str | Location, metadata: dict) -> None:
+    (as_location(directory) / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True))
 
 
-def read_metadata(directory: Path) -> dict | None:
-    path = directory / METADATA_FILE
+def read_metadata(directory: Path | str | Location) -> dict | None:
+    path = as_location(directory) / METADATA_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def resolve_version(path: Path | str, *, version: str | None = None) -> Path:
+def resolve_version(path: Path | str | Location, *, version: str | None = None) -> Location:
     """A dataset folder (`.../EMODB_LOGMEL`) or a version folder -> the complete version folder to read.
 
     With several complete versions and no `version`, the most recently completed one is used.
     """
-    path = Path(path)
+    path = as_location(path)
     if (path / METADATA_FILE).is_file() or part_files(path):
         return path
     if not path.is_dir():
         raise FeatureStoreError(f"no features at {path}; run `ser-dist extract` first (or check --features-dir)")
-    versions = sorted(p for p in path.glob("v_*") if p.is_dir())
+    versions = [p for p in path.glob("v_*") if p.is_dir()]
     if version is not None:
         chosen = path / (version if version.startswith("v_") else f"v_{version}")
         if chosen not in versions:
@@ -151,7 +158,7 @@ class FeatureTable:
     meta: pd.DataFrame
     features: list[np.ndarray]
     metadata: dict
-    path: Path
+    path: Location
 
     @property
     def dim(self) -> int:
@@ -163,7 +170,7 @@ class FeatureTable:
         return FeatureTable(meta, [self.features[i] for i in positions], self.metadata, self.path)
 
 
-def load_features(path: Path | str, *, version: str | None = None, require_complete: bool = True) -> FeatureTable:
+def load_features(path: Path | str | Location, *, version: str | None = None, require_complete: bool = True) -> FeatureTable:
     """Read a stored feature version (rows sorted by utterance_id) into memory."""
     directory = resolve_version(path, version=version)
     metadata = read_metadata(directory) or {}
@@ -172,7 +179,7 @@ def load_features(path: Path | str, *, version: str | None = None, require_compl
     parts = part_files(directory)
     if not parts:
         raise FeatureStoreError(f"no part files in {directory}")
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
+    table = pa.concat_tables([pq.read_table(p.path, filesystem=p.filesystem) for p in parts], promote_options="default")
     meta = table.select(list(META_COLUMNS) + ["n_frames", "dim"]).to_pandas()
     column = table.column("features").combine_chunks()
     values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)

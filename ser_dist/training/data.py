@@ -27,6 +27,11 @@ class Standardizer:
         var = sum(((m - mean) ** 2).sum(axis=0, dtype=np.float64) for m in matrices) / total
         return cls(mean.astype(np.float32), np.sqrt(var + eps).astype(np.float32))
 
+    @classmethod
+    def identity(cls, dim: int) -> Standardizer:
+        """For features that are normalised already."""
+        return cls(np.zeros(dim, np.float32), np.ones(dim, np.float32))
+
     def apply(self, matrix: np.ndarray) -> np.ndarray:
         return ((matrix - self.mean) / self.std).astype(np.float32, copy=False)
 

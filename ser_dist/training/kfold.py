@@ -10,6 +10,10 @@ Run folder::
     runs/<name>/run_config.json
     runs/<name>/fold_<k>/{checkpoint/, history.csv, predictions.csv, result.json}
     runs/<name>/summary.json
+
+`out` is a local folder or a URI (`s3://bucket/runs`): Ray Train's `storage_path` is then
+`<out>/<name>/ray` on that store, and the run's own files are written in a local mirror that is
+uploaded after every fold (a rerun downloads them first, so finished folds are still skipped).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import pandas as pd
 
 from ser_dist.errors import ConfigError
 from ser_dist.features.store import FeatureTable, load_features
+from ser_dist.storage import Location, StagedDirectory, as_location
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.metrics import classification_report, mean_std
 from ser_dist.training.splits import Fold, full_training_fold, make_folds, protocol_description
@@ -42,7 +47,7 @@ class KFoldConfig:
     n_folds: int | None = None  # for speaker_kfold / kfold
     seed: int = 0
     val_fraction: float = 0.15
-    out: str = "runs"
+    out: str = "runs"  # local folder or URI (s3://bucket/runs)
     name: str | None = None  # run folder name; default <dataset>_<protocol>
     feature_version: str | None = None
     # Other stored datasets of the same utterances (e.g. other encoder layers). When given, each fold
@@ -125,8 +130,8 @@ def train_fold_worker(loop_config: dict) -> None:
         ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="final")
 
 
-def _fit_fold_remote(loop_config: dict, train: dict, storage_path: str, fold: int) -> str:
-    """Body of the zero-CPU task that drives one fold's TorchTrainer; returns the checkpoint path."""
+def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: int):
+    """Body of the zero-CPU task that drives one fold's TorchTrainer; returns its final checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -138,7 +143,7 @@ def _fit_fold_remote(loop_config: dict, train: dict, storage_path: str, fold: in
         ),
         run_config=RunConfig(
             name=f"fold_{fold}",
-            storage_path=storage_path,
+            **storage.ray_storage(),
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
@@ -146,20 +151,25 @@ def _fit_fold_remote(loop_config: dict, train: dict, storage_path: str, fold: in
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold} finished without a checkpoint: {result.error}")
-    return result.checkpoint.path
+    return result.checkpoint
 
 
 def run_kfold(config: KFoldConfig) -> dict:
     """Train and score every fold (resuming finished ones); writes and returns the run summary."""
+    started = time.perf_counter()
+    table = load_features(config.features_path, version=config.feature_version)
+    dataset = table.metadata.get("dataset_name") or as_location(config.features_path).name
+    location = as_location(config.out) / config.run_name(dataset)
+    with StagedDirectory(location, exclude=("ray",)) as staged:
+        return _run_kfold(config, table, staged, location, started)
+
+
+def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory, location: Location, started: float) -> dict:
     import ray
 
     from ser_dist.ray_runtime import cluster_has_gpu, ensure_ray
 
-    started = time.perf_counter()
-    table = load_features(config.features_path, version=config.feature_version)
-    dataset = table.metadata.get("dataset_name") or Path(config.features_path).name
-    run_dir = (Path(config.out) / config.run_name(dataset)).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = staged.local
     fingerprint = config.fingerprint()
     groups = duplicate_groups(table)
     meta = table.meta.assign(duplicate_group=groups)
@@ -222,15 +232,17 @@ def run_kfold(config: KFoldConfig) -> dict:
                     "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
                 }
-                ref = remote.remote(loop_config, train_dict, str(run_dir / "ray"), fold.index)
+                ref = remote.remote(loop_config, train_dict, location / "ray", fold.index)
                 running[ref] = fold
                 logger.info("fold %d started (test speakers %s; train %d, val %d, test %d)", fold.index, ",".join(fold.test_speakers) or "-", len(fold.train), len(fold.val), len(fold.test))
             done, _ = ray.wait(list(running), num_returns=1)
             fold = running.pop(done[0])
-            checkpoint_path = ray.get(done[0])
-            result = _collect_fold(run_dir, fold, checkpoint_path, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1])
+            checkpoint = ray.get(done[0])
+            result = _collect_fold(run_dir, fold, checkpoint, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1])
+            staged.sync()  # a remote run folder gets each finished fold right away
             logger.info("fold %d done: test UAR %s WAR %s (best epoch %d, val UAR %.3f)", fold.index, _fmt(result["uar"]), _fmt(result["war"]), result["best_epoch"], result["best_val_uar"])
-    summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending))
+    summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending),
+                        location=location)
     if config.protocol != "full":
         from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
 
@@ -284,12 +296,13 @@ def _choose_features(tables: list[FeatureTable], meta: pd.DataFrame, folds: list
     return choice
 
 
-def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: str, *, features: str, selection: list[float]) -> dict:
+def _collect_fold(run_dir: Path, fold: Fold, checkpoint, fingerprint: str, *, features: str, selection: list[float]) -> dict:
     fold_dir = run_dir / f"fold_{fold.index}"
     target = fold_dir / "checkpoint"
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(checkpoint_path, target)
+    target.mkdir(parents=True)
+    checkpoint.to_directory(str(target))  # local or remote Ray storage alike
     outcome = json.loads((target / "outcome.json").read_text())
     (target / "outcome.json").unlink()
     pd.DataFrame(outcome["history"]).to_csv(fold_dir / "history.csv", index=False)
@@ -308,10 +321,13 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint_path: str, fingerprint: 
     return result
 
 
-def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int) -> dict:
+def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int,
+              location: Location | None = None) -> dict:
+    """Pooled and per-fold scores of a finished run; `location` is where the run lives when `run_dir` is a local mirror."""
+    name, where = (location.name, location.redacted()) if location is not None else (run_dir.name, str(run_dir))
     results = [json.loads((run_dir / f"fold_{f.index}" / "result.json").read_text()) for f in folds]
     if not any(r["n_test"] for r in results):  # protocol "full": a model of the whole corpus, nothing to score
-        summary = {"run": run_dir.name, "protocol": _describe(config, 1),
+        summary = {"run": name, "location": where, "protocol": _describe(config, 1),
                    "features": str(config.features_path), "labels": labels, "folds": results, "train_config": config.train.to_dict(), "wall_seconds": wall_seconds}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         return summary
@@ -320,7 +336,8 @@ def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFold
     if pooled["n"] != sum(r["n_test"] for r in results) or predictions["utterance_id"].duplicated().any():
         raise RuntimeError("test predictions do not cover each test utterance exactly once")
     summary = {
-        "run": run_dir.name,
+        "run": name,
+        "location": where,
         "protocol": _describe(config, len(folds)),
         "features": str(config.features_path),
         "labels": labels,

@@ -56,6 +56,7 @@ import pandas as pd
 
 from ser_dist.errors import ConfigError, FeatureStoreError
 from ser_dist.features.store import FeatureTable, load_features
+from ser_dist.storage import Location, StagedDirectory, as_location
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.kfold import KFoldConfig, duplicate_groups
 from ser_dist.training.splits import Fold, make_folds
@@ -64,7 +65,8 @@ logger = logging.getLogger(__name__)
 
 METRIC = "val_uar"
 EXPERIMENT = "sweep"  # Ray Tune experiment folder inside <out>/<name>/tune
-TRAIN_KEYS = ("lr", "weight_decay", "label_smoothing", "batch_size")  # searched TrainConfig fields
+TRAIN_KEYS = ("lr", "weight_decay", "label_smoothing", "batch_size", "normalization")  # searched TrainConfig fields
+NORMALIZATIONS = ("train_global", "per_speaker")
 MODEL_KEYS = ("dropout", "width", "n_blocks")  # searched ModelOptions fields
 
 
@@ -79,6 +81,9 @@ class SearchSpace:
     n_blocks: tuple[int, ...] = (4, 6, 8)
     batch_size: tuple[int, ...] = (16, 32)
     label_smoothing: tuple[float, float] = (0.0, 0.2)  # uniform
+    # Feature normalisation: train_global (training-part statistics) and/or per_speaker (each speaker's
+    # own statistics, test speakers' unlabelled audio included: transductive, say so when reporting).
+    normalization: tuple[str, ...] = ("train_global",)
     # Other stored feature datasets of the same utterances; the sweep then also chooses among
     # (TuneConfig.features_path, *features).
     features: tuple[str, ...] = ()
@@ -93,6 +98,9 @@ class SearchSpace:
                 raise ConfigError(f"search space {name} is log-uniform; its low bound must be > 0, got {getattr(self, name)!r}")
         if not (0 <= self.label_smoothing[0] and self.label_smoothing[1] < 1):
             raise ConfigError(f"search space label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
+        unknown = [n for n in self.normalization if n not in NORMALIZATIONS]
+        if not self.normalization or unknown:
+            raise ConfigError(f"search space normalization takes {list(NORMALIZATIONS)}, got {list(self.normalization)!r}")
         for name in ("width", "n_blocks", "batch_size"):
             options = getattr(self, name)
             if not options or any(int(v) < 1 for v in options):
@@ -120,6 +128,7 @@ class SearchSpace:
             "width": choice(tuple(int(v) for v in self.width)),
             "n_blocks": choice(tuple(int(v) for v in self.n_blocks)),
             "batch_size": choice(tuple(int(v) for v in self.batch_size)),
+            "normalization": choice(tuple(self.normalization)),
             "features": choice(feature_paths),
         }
 
@@ -169,7 +178,7 @@ def best_train_config(base: TrainConfig, params: dict, *, epochs: int) -> TrainC
     """`base` with the searched values (and the sweep's epoch budget) put in."""
     train = {k: params[k] for k in TRAIN_KEYS if k in params}
     model = {k: params[k] for k in MODEL_KEYS if k in params}
-    casts = {"batch_size": int, "width": int, "n_blocks": int}
+    casts = {"batch_size": int, "width": int, "n_blocks": int, "normalization": str}
     train = {k: casts.get(k, float)(v) for k, v in train.items()}
     model = {k: casts.get(k, float)(v) for k, v in model.items()}
     return replace(base, epochs=epochs, model=replace(base.model, **model), **train)
@@ -380,8 +389,14 @@ def run_sweep(config: TuneConfig) -> dict:
         raise ImportError("ser-dist tune needs optuna: pip install 'ser-dist[tune]'") from exc
 
     table = load_features(config.features_path)
-    dataset = table.metadata.get("dataset_name") or Path(config.features_path).name
-    run_dir = (Path(config.out) / config.run_name(dataset)).resolve()
+    dataset = table.metadata.get("dataset_name") or as_location(config.features_path).name
+    location = as_location(config.out) / config.run_name(dataset)
+    with StagedDirectory(location, exclude=("tune",)) as staged:
+        return _run_sweep(config, table, staged, location, started)
+
+
+def _run_sweep(config: TuneConfig, table: FeatureTable, staged: StagedDirectory, location: Location, started: float) -> dict:
+    run_dir = staged.local
     meta = table.meta.assign(duplicate_group=duplicate_groups(table))
     folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
     rows, inner = sweep_rows(folds, config.inner_folds)
@@ -389,29 +404,30 @@ def run_sweep(config: TuneConfig) -> dict:
     feature_paths = tuple(dict.fromkeys([str(config.features_path), *map(str, config.space.features)]))
     tables = {feature_paths[0]: table} | {p: _aligned(load_features(p), table) for p in feature_paths[1:]}
     payloads = {path: _payload(t, rows, labels) for path, t in tables.items()}  # checks the rows before any trial starts
-    run_dir.mkdir(parents=True, exist_ok=True)
     _check_fingerprint(run_dir, config)
+    staged.sync()
     logger.info("sweep %s: %d trials on the training sides of folds %s (%d of %d utterances; test folds never read)",
-                run_dir.name, config.num_samples, [f.index for f in inner], len(rows), len(meta))
+                location.name, config.num_samples, [f.index for f in inner], len(rows), len(meta))
 
-    grid = _fit(config, run_dir, payloads, inner, feature_paths)
+    grid = _fit(config, location, payloads, inner, feature_paths)
     if len(grid) < config.num_samples or grid.num_terminated + grid.num_errors < len(grid):
         # Ray Tune returns from fit() on SIGINT with the state saved and some trials unfinished
         logger.warning("sweep %s interrupted after %d of %d trials; run it again with the same name to resume",
-                       run_dir.name, grid.num_terminated + grid.num_errors, config.num_samples)
-        raise KeyboardInterrupt(f"sweep {run_dir.name} interrupted; rerun with the same name to resume")
+                       location.name, grid.num_terminated + grid.num_errors, config.num_samples)
+        raise KeyboardInterrupt(f"sweep {location.name} interrupted; rerun with the same name to resume")
     param_space = config.space.param_space(feature_paths)
     results = _results_table(grid, list(param_space), config.epochs)
     results.to_csv(run_dir / "tune_results.csv", index=False)
     ok = [r for r in grid if r.error is None and r.metrics and math.isfinite(r.metrics.get(METRIC, math.nan))]
     if not ok:
         errors = [r.error for r in grid if r.error is not None]
-        raise RuntimeError(f"no trial of sweep {run_dir.name} finished with a score; first error: {errors[0] if errors else 'none reported'}")
+        raise RuntimeError(f"no trial of sweep {location.name} finished with a score; first error: {errors[0] if errors else 'none reported'}")
     best = max(ok, key=lambda r: r.metrics[METRIC])
     best_params = {k: best.config[k] for k in param_space}
     best_train = best_train_config(config.base, best_params, epochs=config.epochs)
     summary = {
-        "run": run_dir.name,
+        "run": location.name,
+        "location": location.redacted(),
         "objective": (f"{METRIC} = mean over the first {len(inner)} outer folds ({config.protocol}) of the best validation UAR "
                       "of a model trained on the fold's training part; test folds never read"),
         "inner_folds": [f.index for f in inner],
@@ -419,26 +435,29 @@ def run_sweep(config: TuneConfig) -> dict:
         "best_trial": best.metrics.get("trial_id"), "best_val_uar": float(best.metrics[METRIC]),
         "best_params": best_params, "best_features": best_params["features"], "best_config": best_train.to_dict(),
         "n_trials": len(results), "n_errors": int((results["status"] == "error").sum()),
-        "results_table": str(run_dir / "tune_results.csv"), "sweep_wall_s": time.perf_counter() - started,
+        "results_table": str(location / "tune_results.csv"), "sweep_wall_s": time.perf_counter() - started,
         "final_summary": None,
     }
     (run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    logger.info("sweep %s: best val UAR %.3f with %s", run_dir.name, summary["best_val_uar"], best_params)
+    staged.sync()
+    logger.info("sweep %s: best val UAR %.3f with %s", location.name, summary["best_val_uar"], best_params)
 
     if config.final_run:
         from ser_dist.training.kfold import run_kfold
 
         final = run_kfold(KFoldConfig(
             features_path=best_params["features"], protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
-            val_fraction=config.val_fraction, out=config.out, name=f"{run_dir.name}_final", train=best_train,
+            val_fraction=config.val_fraction, out=config.out, name=f"{location.name}_final", train=best_train,
         ))
-        final_dir = Path(config.out).resolve() / final["run"]
+        final_location = as_location(config.out) / final["run"]
         read_ids = set(table.meta["utterance_id"].iloc[rows])
+        with StagedDirectory(final_location, exclude=("ray",)) as final_dir:
+            unseen = _unseen_by_sweep(final_dir.local, final["folds"], read_ids, final["labels"])
         summary["final_summary"] = {
-            "run_dir": str(final_dir),
+            "run_dir": final_location.redacted(),
             "uar": final["uar"], "war": final["war"], "macro_f1": final["macro_f1"], "fold_uar": final["fold_uar"],
             "n_test": final["n_test"],
-            "unseen_by_sweep": _unseen_by_sweep(final_dir, final["folds"], read_ids, final["labels"]),
+            "unseen_by_sweep": unseen,
             "note": "test scores of the final k-fold run; the sweep's val_uar is a separate, validation-only number",
         }
         (run_dir / "tune_summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -449,7 +468,7 @@ def _trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"  # the default name spells out every searched value, feature paths included
 
 
-def _fit(config: TuneConfig, run_dir: Path, payloads: dict, inner: list[InnerFold], feature_paths: tuple[str, ...]):
+def _fit(config: TuneConfig, location: Location, payloads: dict, inner: list[InnerFold], feature_paths: tuple[str, ...]):
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -463,10 +482,12 @@ def _fit(config: TuneConfig, run_dir: Path, payloads: dict, inner: list[InnerFol
         tune.with_parameters(sweep_trial, data=refs, folds=inner, base=config.base.to_dict(), epochs=config.epochs),
         {"cpu": 1},
     )
-    experiment = run_dir / "tune" / EXPERIMENT
-    if tune.Tuner.can_restore(str(experiment)):
-        logger.info("resuming sweep from %s", experiment)
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    storage = (location / "tune").ray_storage()  # a local folder or the same remote store
+    experiment = location / "tune" / EXPERIMENT
+    filesystem = storage.get("storage_filesystem")
+    if tune.Tuner.can_restore(experiment.path, storage_filesystem=filesystem):
+        logger.info("resuming sweep from %s", experiment.redacted())
+        tuner = tune.Tuner.restore(experiment.path, trainable=trainable, resume_errored=True, storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -480,6 +501,6 @@ def _fit(config: TuneConfig, run_dir: Path, payloads: dict, inner: list[InnerFol
                 max_concurrent_trials=config.max_concurrent_trials or cluster_cpus(),
                 trial_dirname_creator=_trial_dirname,
             ),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(run_dir / "tune")),
+            run_config=tune.RunConfig(name=EXPERIMENT, **storage),
         )
     return tuner.fit()
