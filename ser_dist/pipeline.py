@@ -1,20 +1,56 @@
-"""The main job: extract -> k-fold training on Ray Train -> reports (-> sweep and cross-corpus, when configured)."""
+"""The main job: extract -> (sweep) -> k-fold training on Ray Train -> (cross-corpus evaluation) -> reports.
+
+Steps in brackets run when the config asks for them:
+
+- `sweep.enabled`: Ray Tune searches `sweep.space` on the training sides of the first
+  `sweep.inner_folds` outer folds (test folds never read); the best config then gets the k-fold run
+  (`<name>_..._tune_final`), whose test scores are reported apart from the sweep's validation score.
+- `cross_corpus.targets`: each target corpus is extracted with the same feature config and scored by
+  the k-fold run's fold ensemble through the explicit emotion mapping; one report per target.
+
+`features_out` and `runs_out` take local folders or URIs (`s3://bucket/prefix`, see ser_dist.storage).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ser_dist.api import ExtractConfig, extract
 from ser_dist.corpora import corpus_name
+from ser_dist.errors import ConfigError
 from ser_dist.features.config import DEFAULT_SSL_MODEL
 from ser_dist.features.extract import ExtractionOptions
+from ser_dist.storage import as_location
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.kfold import KFoldConfig, format_summary_table, run_kfold
+from ser_dist.tuning.sweep import SearchSpace
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepStep:
+    """The optional Ray Tune step; the searched values replace those of `PipelineConfig.train`."""
+
+    enabled: bool = False
+    inner_folds: int = 2  # outer folds whose training sides make the objective
+    num_samples: int = 8  # trials
+    epochs: int | None = None  # per trial and in the final run; None = train.epochs
+    grace_period: int = 5  # ASHA
+    reduction_factor: int = 3
+    space: SearchSpace = field(default_factory=SearchSpace)
+
+
+@dataclass(frozen=True)
+class CrossCorpusStep:
+    """The optional cross-corpus step: score the trained run on other corpora."""
+
+    targets: tuple[str, ...] = ()  # e.g. [RAVDESS]; each must be under data_root
+    mode: str = "fold_ensemble"  # fold_ensemble (every fold's model) | single
+    normalization: str = "source"  # source | target | per_speaker (the last two transductive, unlabelled)
+    mapping_file: str | None = None  # YAML/JSON {from: to} on top of the default emotion mapping
 
 
 @dataclass(frozen=True)
@@ -25,36 +61,91 @@ class PipelineConfig:
     features: str = "LOGMEL"  # LOGMEL | HUBERT | FUSION
     ssl_model: str = DEFAULT_SSL_MODEL
     ssl_layers: tuple[int, ...] = (-1,)
-    features_out: str = "data/features"
-    runs_out: str = "runs"
+    features_out: str = "data/features"  # local folder or URI
+    runs_out: str = "runs"  # local folder or URI
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     protocol: str = "loso"
     n_folds: int | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepStep = field(default_factory=SweepStep)
+    cross_corpus: CrossCorpusStep = field(default_factory=CrossCorpusStep)
+
+    def __post_init__(self):
+        source = corpus_name(self.corpus)
+        targets = tuple(corpus_name(t) for t in self.cross_corpus.targets)
+        if source in targets:
+            raise ConfigError(f"cross_corpus.targets names the training corpus {source}; in-corpus scores come from the k-fold run")
+
+    def extract_config(self, corpus: str) -> ExtractConfig:
+        return ExtractConfig(corpus=corpus, features=self.features, data_root=self.data_root, out=self.features_out,
+                             ssl_model=self.ssl_model, ssl_layers=self.ssl_layers, extraction=self.extraction)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
     corpus = corpus_name(config.corpus)
-    extraction = extract(
-        ExtractConfig(
-            corpus=corpus, features=config.features, data_root=config.data_root, out=config.features_out,
-            ssl_model=config.ssl_model, ssl_layers=config.ssl_layers, extraction=config.extraction,
-        )
-    )
-    logger.info("features: %s (%d extracted now, %d already stored, %d skipped)", extraction.directory,
+    extraction = extract(config.extract_config(corpus))
+    features = extraction.directory
+    logger.info("features: %s (%d extracted now, %d already stored, %d skipped)", features.redacted(),
                 extraction.n_extracted, extraction.n_already_done, len(extraction.skipped))
-    kfold = KFoldConfig(
-        features_path=str(extraction.directory), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
-        out=config.runs_out, name=f"{config.name}_{corpus}_{config.features}_{config.protocol}", train=config.train,
-    )
-    summary = run_kfold(kfold)
-    run_dir = Path(config.runs_out) / kfold.run_name("")
-    outputs = {"features": str(extraction.directory), "run": str(run_dir), "summary": summary}
-    outputs["reports"] = [str(p) for p in sorted(run_dir.glob("report.*")) + sorted(run_dir.glob("*.png"))]
+    base_name = f"{config.name}_{corpus}_{config.features}_{config.protocol}"
+    outputs: dict = {"features": features.redacted(), "skipped_files": extraction.skipped}
+
+    if config.sweep.enabled:
+        summary, run_name = _sweep_then_final_run(config, str(features), base_name, outputs)
+    else:
+        run_name = base_name
+        summary = run_kfold(KFoldConfig(
+            features_path=str(features), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
+            out=config.runs_out, name=run_name, train=config.train,
+        ))
+    run = as_location(config.runs_out) / run_name
+    outputs["run"] = run.redacted()
+    outputs["summary"] = {k: summary.get(k) for k in ("uar", "war", "macro_f1", "fold_uar", "n_test", "protocol")}
+    outputs["reports"] = [p.redacted() for p in run.glob("report.*") + run.glob("*.png")]
     print(format_summary_table(summary))
-    print(f"run folder: {run_dir.resolve()}")
-    for path in outputs.get("reports", []):
-        print(f"report: {Path(path).resolve()}")
-    (run_dir / "pipeline.json").write_text(json.dumps({k: v for k, v in outputs.items() if k != "summary"}, indent=2))
+
+    if config.cross_corpus.targets:
+        outputs["cross_corpus"] = _cross_corpus(config, run)
+    (run / "pipeline.json").write_text(json.dumps(outputs, indent=2, default=str))
+    print(f"run folder: {run.redacted()}")
+    for path in outputs["reports"]:
+        print(f"report: {path}")
+    for item in outputs.get("cross_corpus", []):
+        print(f"cross-corpus {corpus} -> {item['target']}: UAR {item['uar']:.3f} ({item['normalization']}) report: {item['report_dir']}")
     return outputs
+
+
+def _sweep_then_final_run(config: PipelineConfig, features: str, base_name: str, outputs: dict) -> tuple[dict, str]:
+    from ser_dist.tuning import TuneConfig, run_sweep
+
+    step = config.sweep
+    tune = TuneConfig(
+        features_path=features, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
+        inner_folds=step.inner_folds, num_samples=step.num_samples, epochs=step.epochs or config.train.epochs,
+        grace_period=step.grace_period, reduction_factor=step.reduction_factor, space=step.space, base=config.train,
+        out=config.runs_out, name=f"{base_name}_tune", final_run=True,
+    )
+    sweep = run_sweep(tune)
+    outputs["sweep"] = {k: sweep.get(k) for k in ("run", "location", "objective", "best_val_uar", "best_params", "n_trials",
+                                                  "n_errors", "sweep_wall_s", "results_table")}
+    final_name = f"{base_name}_tune_final"
+    summary = json.loads((as_location(config.runs_out) / final_name / "summary.json").read_text())
+    return summary, final_name
+
+
+def _cross_corpus(config: PipelineConfig, run) -> list[dict]:
+    from ser_dist.evaluation.cross_corpus import EvaluationConfig, evaluate_cross_corpus, report_dir_name
+
+    step = config.cross_corpus
+    results = []
+    for target in (corpus_name(t) for t in step.targets):
+        extraction = extract(config.extract_config(target))
+        evaluation = EvaluationConfig(source_run=str(run), target_features=str(extraction.directory), mode=step.mode,
+                                      normalization=step.normalization, mapping_file=step.mapping_file)
+        report = evaluate_cross_corpus(evaluation)
+        name = report_dir_name(target, mode=evaluation.mode, normalization=evaluation.normalization, mapping_file=step.mapping_file)
+        results.append({"target": target, "features": extraction.directory.redacted(), "uar": report["summary"]["uar"],
+                        "war": report["summary"]["war"], "n": report["summary"]["n"], "normalization": str(evaluation.normalization),
+                        "mode": str(evaluation.mode), "report_dir": (run / name).redacted(), "skipped_files": extraction.skipped})
+    return results

@@ -224,6 +224,17 @@ def stop_head(head: Head, *, grace_s: float = 5.0) -> list[str]:
 # --- the end-to-end test ----------------------------------------------------------------------------
 
 
+def make_ravdess_subset(source: Path, dest: Path) -> Path:
+    """`dest/ravdess/Actor_0{1,2}/`: one speech file per emotion for two actors (16 files)."""
+    for actor in ("Actor_01", "Actor_02"):
+        (dest / "ravdess" / actor).mkdir(parents=True)
+        files = sorted((source / actor).glob("03-01-*.wav"))
+        for emotion in range(1, 9):
+            first = next(p for p in files if int(p.name.split("-")[2]) == emotion)
+            shutil.copy2(first, dest / "ravdess" / actor / first.name)
+    return dest
+
+
 def make_emodb_subset(source: Path, dest: Path) -> Path:
     """`dest/emodb/wav/`: one file per emotion for each of four speakers (28 files)."""
     wav_dir = dest / "emodb" / "wav"
@@ -276,12 +287,13 @@ def head(tmp_path):
 
 
 @pytest.mark.slow
-def test_pipeline_job_submitted_to_a_token_auth_head(head, tmp_path, emodb_root):
+def test_pipeline_job_submitted_to_a_token_auth_head(head, tmp_path, emodb_root, ravdess_root):
     import psutil
 
     listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == head.dashboard_port}
     assert listening == {"127.0.0.1"}, f"dashboard listens on {listening}"
     data_root = make_emodb_subset(emodb_root, tmp_path / "corpora")
+    make_ravdess_subset(ravdess_root, data_root)
     features_out, runs_out = tmp_path / "features", tmp_path / "runs"
     submission_id = f"tiny_{head.temp_dir.name}"
     started = time.monotonic()
@@ -316,7 +328,7 @@ def test_pipeline_job_submitted_to_a_token_auth_head(head, tmp_path, emodb_root)
 
     print(f"`ray job status` checked {time.monotonic() - started:.1f} s after submission")
     (run_dir,) = [p.parent for p in runs_out.glob("*/summary.json")]
-    assert run_dir.name == "tiny_EMODB_LOGMEL_speaker_kfold"
+    assert run_dir.name == "tiny_EMODB_LOGMEL_speaker_kfold_tune_final"  # the k-fold run of the sweep's best config
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["protocol"]["protocol"] == "speaker_kfold" and len(summary["folds"]) == 2
     assert summary["n_test"] == len(SUBSET_SPEAKERS) * len(EMODB_EMOTIONS)
@@ -324,5 +336,14 @@ def test_pipeline_job_submitted_to_a_token_auth_head(head, tmp_path, emodb_root)
     report = json.loads((run_dir / "report.json").read_text())
     assert report
     assert (run_dir / "report.xlsx").stat().st_size > 0
-    assert (run_dir / "pipeline.json").is_file()
+    pipeline = json.loads((run_dir / "pipeline.json").read_text())
+    # the sweep ran on the training sides only, and saved its table
+    sweep_dir = runs_out / "tiny_EMODB_LOGMEL_speaker_kfold_tune"
+    assert pipeline["sweep"]["n_trials"] == 2 and (sweep_dir / "tune_results.csv").is_file()
+    assert "never read" in pipeline["sweep"]["objective"]
+    # cross-corpus EMODB -> RAVDESS through the mapping (calm, surprise -> neutral: all 16 kept)
+    (cross,) = pipeline["cross_corpus"]
+    assert cross["target"] == "RAVDESS" and cross["n"] == 16 and cross["normalization"] == "target"
+    cross_report = json.loads((run_dir / "cross_RAVDESS_target-norm" / "report.json").read_text())
+    assert cross_report["summary"]["uar"] == cross["uar"]
     assert list(features_out.glob("LOGMEL/*/*/metadata.json")) or list(features_out.rglob("metadata.json"))
