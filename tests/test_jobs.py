@@ -92,6 +92,26 @@ def test_job_configs_build_a_pipeline_config(name):
     assert config.corpus == "EMODB"
 
 
+def test_tune_config_builds_a_tune_config():
+    from ser_dist.configuration import from_mapping, load_config_file
+    from ser_dist.tuning import TuneConfig
+
+    config = from_mapping(TuneConfig, load_config_file(REPO_ROOT / "configs" / "tune_emodb.yaml"), where="tune_emodb")
+    assert config.final_run and config.inner_folds >= 1 and config.space.width
+
+
+@pytest.mark.parametrize("module", ["pipeline", "extract", "train", "tune", "evaluate"])
+def test_every_job_entrypoint_parses(module):
+    done = subprocess.run([sys.executable, "-m", f"jobs.{module}", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "--config" in done.stdout and "--set" in done.stdout, done.stderr[-2000:]
+
+
+def test_evaluate_job_names_missing_fields(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--source-run", str(tmp_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120, env=os.environ | {"RAY_AUTH_MODE": "disabled"})
+    assert done.returncode == 2 and "target_features" in done.stderr, done.stderr[-2000:]
+
+
 # --- a head of our own: start, find its processes, stop only it -----------------------------------
 
 
