@@ -6,7 +6,9 @@ source's validation speakers among --layers), one TIM-Net is trained on the whol
 unlabelled target audio, on the same split and seed. Every score uses the explicit label mapping
 (boredom, calm, surprise -> neutral); target classes without a counterpart are left out and counted.
 Normalisation of the target: per-corpus statistics of its own unlabelled audio (transductive), and
-also source-training statistics for the model without adaptation. The classical reference is
+also source-training statistics for the model without adaptation. With --per-speaker, a third model
+per direction is trained with per-speaker normalisation and scored with each target speaker's own
+statistics (transductive, unlabelled). The classical reference is
 openSMILE ComParE_2016 functionals + linear SVM with per-corpus normalisation on the same classes.
 In-corpus scores beside them come from bench/results/accuracy.json (EMODB LOSO) when present.
 Writes bench/results/cross_corpus.json.
@@ -42,16 +44,18 @@ DIRECTIONS = (("EMODB", "RAVDESS"), ("RAVDESS", "EMODB"))
 
 
 def features(corpus: str, kind: str, layers: list[int], args) -> list[str]:
-    common = dict(corpus=corpus, data_root=args.data_root, out=args.features_out)
+    common = dict(corpus=corpus, data_root=args.data_root, out=args.features_out, trim_db=args.trim_db)
     if kind == "LOGMEL":
         return [str(extract(ExtractConfig(features="LOGMEL", **common)).directory)]
     whisper = str(SHARED / "models" / "whisper-tiny.en")
     return [str(extract(ExtractConfig(features="FUSION", ssl_model=whisper, ssl_layers=(layer,), **common)).directory) for layer in layers]
 
 
-def train_source(source_paths: list[str], target_path: str | None, name: str, args, lmmd_weight: float) -> str:
+def train_source(source_paths: list[str], target_path: str | None, name: str, args, lmmd_weight: float,
+                 normalization: str = "train_global") -> str:
     model = ModelOptions(width=64, n_blocks=8, time_pool=4 if "LOGMEL" in source_paths[0] else 2)
-    train = TrainConfig(epochs=args.epochs, patience=max(10, args.epochs // 3), model=model, lmmd_weight=lmmd_weight)
+    train = TrainConfig(epochs=args.epochs, patience=max(10, args.epochs // 3), model=model, lmmd_weight=lmmd_weight,
+                        normalization=normalization)
     config = KFoldConfig(features_path=source_paths[0], candidate_features=tuple(source_paths[1:]), protocol="full", seed=0,
                          out=args.runs, name=name, adapt_to=target_path, target_normalization="target", train=train)
     summary = run_kfold(config)
@@ -89,6 +93,9 @@ def main() -> None:
     parser.add_argument("--lmmd-weight", type=float, default=0.5)
     parser.add_argument("--svm-c", type=float, default=0.01)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--per-speaker", action="store_true", help="add a per-speaker-normalised model per direction")
+    parser.add_argument("--trim-db", type=float, default=None, help="trim leading/trailing silence (dB below the loudest frame) before features")
+    parser.add_argument("--tag", default="", help="suffix of the results file (bench/results/cross_corpus<_tag>.json)")
     parser.add_argument("--data-root", default=str(SHARED / "data"))
     parser.add_argument("--features-out", default=str(REPO / "data" / "features"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "bench_cross"))
@@ -109,17 +116,24 @@ def main() -> None:
             chosen = choose_features(paths[source])
             source_path, target_path = paths[source][chosen], paths[target][chosen]
             jobs = {}
-            with ThreadPoolExecutor(2) as pool:  # the two source models train side by side on the cluster
-                for label, weight in (("without LMMD", 0.0), ("with LMMD", args.lmmd_weight)):
-                    name = f"{source}_to_{target}_{kind}_{'lmmd' if weight else 'plain'}_e{args.epochs}"
-                    jobs[label] = (name, pool.submit(train_source, [source_path], target_path if weight else None, name, args, weight))
+            variants = [("without LMMD", 0.0, "train_global"), ("with LMMD", args.lmmd_weight, "train_global")]
+            if args.per_speaker:
+                variants.append(("without LMMD, per-speaker", 0.0, "per_speaker"))
+            with ThreadPoolExecutor(2) as pool:  # two source models train side by side on the cluster
+                for label, weight, normalization in variants:
+                    tag = f"lmmd{weight:g}" if weight else "plain"
+                    tag += "_perspk" if normalization == "per_speaker" else ""
+                    tag += f"_trim{args.trim_db:g}" if args.trim_db else ""
+                    name = f"{source}_to_{target}_{kind}_{tag}_e{args.epochs}"
+                    jobs[label] = (name, pool.submit(train_source, [source_path], target_path if weight else None, name, args, weight, normalization))
             for label, (name, future) in jobs.items():
                 future.result()
                 checkpoint = str(Path(args.runs) / name / "fold_0" / "checkpoint")
-                norms = ("target", "source") if label == "without LMMD" else ("target",)
+                norms = {"without LMMD": ("target", "source"), "with LMMD": ("target",), "without LMMD, per-speaker": ("per_speaker",)}[label]
                 for norm in norms:
                     report = evaluate_cross_corpus(EvaluationConfig(source_run=checkpoint, target_features=target_path, mode="single", normalization=norm))
                     rows.append({"direction": f"{source}->{target}", "features": kind, "adaptation": label, "normalization": norm,
+                                 "lmmd_weight": args.lmmd_weight if label == "with LMMD" else 0.0, "run": name,
                                  "uar": report["summary"]["uar"], "war": report["summary"]["war"], "n": report["summary"]["n"],
                                  "features_used": Path(target_path).parent.name,
                                  "in_corpus_loso_uar_of_source": in_corpus.get((source, kind))})
@@ -169,7 +183,7 @@ def _save(args, rows, references, started, *, final: bool = False) -> None:
                 if plain and adapted:
                     gain = adapted[0]["uar"] - plain[0]["uar"]
                     targets.append({"target": f"LMMD adds >= 5 points ({kind} {source}->{target})", "measured": gain, "met": bool(gain >= 0.05)})
-    write_result("cross_corpus", {"protocol_notes": __doc__.split("\n\n")[1], "config": vars(args), "results": rows,
+    write_result("cross_corpus" + (f"_{args.tag}" if args.tag else ""), {"protocol_notes": __doc__.split("\n\n")[1], "config": vars(args), "results": rows,
                                   "references": references, "targets": targets, "wall_s": time.perf_counter() - started})
 
 

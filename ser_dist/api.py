@@ -35,6 +35,7 @@ class ExtractConfig:
     ssl_model: str = SSLConfig.model
     ssl_layers: tuple[int, ...] = SSLConfig.layers
     storage_dtype: str = "float32"
+    trim_db: float | None = None  # trim leading/trailing audio this many dB below the loudest frame
     on_error: OnError = "skip"  # bad files are skipped and listed in metadata.json
     iemocap_label_set: str = "four"
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
@@ -44,6 +45,7 @@ class ExtractConfig:
             feature_type=FeatureType.parse(self.features),
             ssl=SSLConfig(model=self.ssl_model, layers=tuple(self.ssl_layers)),
             storage_dtype=self.storage_dtype,
+            trim_db=self.trim_db,
         )
 
 

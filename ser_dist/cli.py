@@ -57,6 +57,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--num-workers", type=int, default=_default(ExtractionOptions, "num_workers"), help="Ray actors (default: one per CPU or GPU)")
     p.add_argument("--batch-size", type=int, default=_default(ExtractionOptions, "batch_size"), help="(default: %(default)s)")
     p.add_argument("--float16", action="store_true", help="store features as float16 (halves disk)")
+    p.add_argument("--trim-db", type=float, default=None,
+                   help="trim leading/trailing audio this many dB below the loudest frame before computing features (e.g. 40; default: off)")
     p.add_argument("--on-error", choices=["raise", "skip"], default=_default(ExtractConfig, "on_error"))
     p.set_defaults(run=_run_extract)
 
@@ -69,7 +71,7 @@ def _run_extract(args) -> None:
         ExtractConfig(
             corpus=args.corpus, features=args.features, data_root=args.data_root, out=args.out,
             ssl_model=args.ssl_model, ssl_layers=args.ssl_layer, on_error=args.on_error,
-            storage_dtype="float16" if args.float16 else "float32",
+            storage_dtype="float16" if args.float16 else "float32", trim_db=args.trim_db,
             extraction=ExtractionOptions(num_workers=args.num_workers, batch_size=args.batch_size),
         )
     )
@@ -107,14 +109,13 @@ def _add_train(sub) -> None:
 
 
 def _features_path(args) -> str:
-    from pathlib import Path
-
     from ser_dist.corpora import corpus_name
     from ser_dist.features.config import FeatureConfig, FeatureType, SSLConfig
     from ser_dist.features.store import METADATA_FILE, dataset_dir
+    from ser_dist.storage import as_location
 
-    root = Path(args.features_dir)
-    if (root / METADATA_FILE).is_file() or any(root.glob("v_*")):
+    root = as_location(args.features_dir)  # a local folder or a URI
+    if (root / METADATA_FILE).is_file() or root.glob("v_*"):
         return str(root)  # already a dataset (or version) folder
     ssl = SSLConfig(**{k: v for k, v in {"model": args.ssl_model, "layers": args.ssl_layer}.items() if v is not None})
     config = FeatureConfig(feature_type=FeatureType.parse(args.features), ssl=ssl)

@@ -45,6 +45,8 @@ class FeatureComputer:
 
     def compute(self, signals: list[np.ndarray]) -> list[np.ndarray]:
         """One (T_i, dim) float32 matrix per signal, in input order."""
+        if self.config.trim_db is not None:
+            signals = [trim_silence(s, self.config.trim_db) for s in signals]
         kind = self.config.feature_type
         if kind is FeatureType.LOGMEL:
             return self.logmel.extract(signals)
@@ -54,3 +56,19 @@ class FeatureComputer:
         from ser_dist.features.fusion import fuse
 
         return [fuse(mel, enc) for mel, enc in zip(self.logmel.extract(signals), encoded, strict=True)]
+
+
+def trim_silence(signal: np.ndarray, top_db: float, *, sample_rate: int = 16_000, min_seconds: float = 0.25) -> np.ndarray:
+    """`signal` without the leading and trailing stretches quieter than its loudest 25 ms frame minus
+    `top_db` (10 ms hop). A result shorter than `min_seconds` means the whole clip is quiet: it is kept."""
+    frame, hop = int(0.025 * sample_rate), int(0.010 * sample_rate)
+    if len(signal) <= frame:
+        return signal
+    n_frames = 1 + (len(signal) - frame) // hop
+    frames = np.lib.stride_tricks.sliding_window_view(signal, frame)[::hop][:n_frames]
+    power_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(power_db >= power_db.max() - top_db)
+    start, end = loud[0] * hop, min(len(signal), loud[-1] * hop + frame)
+    if end - start < min_seconds * sample_rate:
+        return signal
+    return signal[start:end]

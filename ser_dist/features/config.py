@@ -90,10 +90,16 @@ class FeatureConfig:
     logmel: LogMelConfig = field(default_factory=LogMelConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
     storage_dtype: StorageDtype = "float32"
+    # Trim leading and trailing audio quieter than the loudest frame minus this many dB before any
+    # feature is computed (None: keep everything). Corpora differ in how much silence surrounds each
+    # utterance (RAVDESS ~1 s each side, EMODB almost none); left in, it shifts pooled statistics.
+    trim_db: float | None = None
 
     def __post_init__(self):
         if self.storage_dtype not in ("float32", "float16"):
             raise UnknownNameError("storage dtype", self.storage_dtype, ["float32", "float16"])
+        if self.trim_db is not None and not 10 <= float(self.trim_db) <= 80:
+            raise ConfigError(f"trim_db must be between 10 and 80 dB below the loudest frame (or None), got {self.trim_db}")
 
     def to_dict(self) -> dict:
         out = {"feature_type": self.feature_type.value, "storage_dtype": self.storage_dtype}
@@ -104,6 +110,8 @@ class FeatureConfig:
             ssl["layers"] = list(self.ssl.layers)
             ssl.pop("max_batch_seconds")  # batching does not change the features
             out["ssl"] = ssl
+        if self.trim_db is not None:  # absent when off, so untrimmed versions keep their hash
+            out["trim_db"] = float(self.trim_db)
         return out
 
     @classmethod
@@ -116,6 +124,7 @@ class FeatureConfig:
             logmel=LogMelConfig(**(data.get("logmel") or {})),
             ssl=SSLConfig(**ssl),
             storage_dtype=data.get("storage_dtype", "float32"),
+            trim_db=data.get("trim_db"),
         )
 
     def version(self) -> str:
