@@ -144,7 +144,7 @@ def write_result(name: str, payload: dict, *, results_dir: Path | str | None = N
     }
     path = directory / f"{name}.json"
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(_repo_relative(json.dumps(record, indent=2, default=str)) + "\n")
     os.replace(tmp, path)
     machine = record["machine"]
     print(f"\n{name}: {machine['cpu_model']}, {machine['cpus_usable']} CPU(s), {machine['memory_gib']} GiB, GPU: {machine['gpu']}")
@@ -214,3 +214,11 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
+
+
+def _repo_relative(text: str) -> str:
+    """Paths in results name places relative to the repo (`data/...`, `../shared/...`), not this machine's."""
+    repo = RESULTS_DIR.parents[1]
+    for absolute, relative in ((repo.parent / "shared", "../shared"), (repo, ".")):
+        text = text.replace(f'"{absolute}/', f'"{relative}/').replace(f'"{absolute}"', f'"{relative}"')
+    return text.replace('"./', '"')
