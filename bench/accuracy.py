@@ -38,9 +38,10 @@ TARGETS = {
 }
 
 
-def train_config(features: str, epochs: int) -> TrainConfig:
+def train_config(features: str, epochs: int, normalization: str = "train_global") -> TrainConfig:
     model = ModelOptions(width=64, n_blocks=8, time_pool=4 if features == "LOGMEL" else 2, dropout=0.1, input_dropout=0.1)
-    return TrainConfig(epochs=epochs, patience=max(10, epochs // 3), batch_size=32, lr=2e-3, model=model, augment=AugmentOptions())
+    return TrainConfig(epochs=epochs, patience=max(10, epochs // 3), batch_size=32, lr=2e-3, model=model, augment=AugmentOptions(),
+                       normalization=normalization)
 
 
 def ensure_features(data_root: Path, out: Path, whisper: Path, layers: list[int]) -> dict[str, list[str]]:
@@ -129,6 +130,8 @@ def main() -> None:
     parser.add_argument("--features-out", default=str(REPO / "data" / "features"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "bench"))
     parser.add_argument("--name", default="accuracy")
+    parser.add_argument("--normalization", default="train_global", choices=["train_global", "per_speaker"],
+                        help="per_speaker: each speaker's own statistics (test speakers' unlabelled audio included: transductive)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
@@ -143,7 +146,8 @@ def main() -> None:
     results: dict = {"protocol_notes": __doc__.split("\n\n")[2], "models": [], "references": [], "timing": [], "targets": []}
 
     def save() -> None:
-        config = {"epochs": args.epochs, "layers": args.layers, "train_configs": {f: train_config(f, args.epochs).to_dict() for f in feature_kinds}}
+        config = {"epochs": args.epochs, "layers": args.layers, "normalization": args.normalization,
+                  "train_configs": {f: train_config(f, args.epochs, args.normalization).to_dict() for f in feature_kinds}}
         write_result(args.name, {"config": config, **results})
 
     for protocol_key in [p.strip() for p in args.protocols.split(",") if p.strip()]:
@@ -153,7 +157,9 @@ def main() -> None:
                 results["references"].append({"protocol": protocol_key, **row})
             save()
         for features in feature_kinds:
-            results["models"].append(model_run(features, paths[features], protocol_key, args.epochs, runs))
+            suffix = "_perspk" if args.normalization == "per_speaker" else ""
+            results["models"].append(model_run(features, paths[features], protocol_key, args.epochs, runs, name_suffix=suffix,
+                                               normalization=args.normalization))
             save()
 
     if args.timing_epochs:
