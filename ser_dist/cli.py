@@ -76,7 +76,7 @@ def _run_extract(args) -> None:
         )
     )
     print(
-        f"{result.directory}: {result.n_extracted} extracted, {result.n_already_done} already stored, "
+        f"{result.directory.redacted()}: {result.n_extracted} extracted, {result.n_already_done} already stored, "
         f"{len(result.skipped)} skipped, {result.seconds:.1f} s"
     )
 

@@ -175,11 +175,11 @@ def _extract_locked(manifest: pd.DataFrame, config: FeatureConfig, directory: Lo
 
     stale = remove_stale_temporaries(directory)
     if stale:
-        logger.warning("removed %d half-written file(s) an interrupted run left in %s", stale, directory)
+        logger.warning("removed %d half-written file(s) an interrupted run left in %s", stale, directory.redacted())
     done = stored_utterance_ids(directory)
     todo = manifest[~manifest["utterance_id"].isin(done)]
     previous = read_metadata(directory) or {}
-    logger.info("%s: %d utterances, %d already stored in %s, %d to extract", corpus, len(manifest), len(done & set(manifest["utterance_id"])), directory, len(todo))
+    logger.info("%s: %d utterances, %d already stored in %s, %d to extract", corpus, len(manifest), len(done & set(manifest["utterance_id"])), directory.redacted(), len(todo))
 
     summaries = []
     if len(todo):
