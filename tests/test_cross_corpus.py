@@ -209,6 +209,17 @@ def test_target_normalization_and_single_model(stores, emodb_run):
     kept = [ids.index(p["utterance_id"]) for p in by_target["predictions"]]
     folds = direct_probabilities(emodb_run, [target.features[i] for i in kept], standardizer=Standardizer.fit(target.features))
     np.testing.assert_allclose(p_target, (folds[0] + folds[1]) / 2, atol=1e-5)
+    # per-speaker statistics: each target speaker's own frames (all of them, kept or not) set their mean/std
+    by_speaker = evaluator.evaluate(stores["RAVDESS"], normalization="per_speaker")
+    p_speaker = np.array([[p[f"source_p_{c}"] for c in evaluator.labels] for p in by_speaker["predictions"]])
+    speakers = target.meta["speaker"].to_numpy()
+    expected = []
+    for i in kept:
+        own = [target.features[j] for j in np.flatnonzero(speakers == speakers[i])]
+        expected.append(Standardizer.fit(own).apply(target.features[i]))
+    folds = direct_probabilities(emodb_run, expected, standardizer=Standardizer.identity(target.dim))
+    np.testing.assert_allclose(p_speaker, (folds[0] + folds[1]) / 2, atol=1e-5)
+    assert np.abs(p_speaker - p_target).max() > 1e-3
 
     single = CrossCorpusEvaluator(emodb_run / "fold_1" / "checkpoint", mode="single")
     one = single.evaluate(stores["RAVDESS"])

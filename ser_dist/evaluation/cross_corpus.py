@@ -51,7 +51,7 @@ from ser_dist.features.config import FeatureConfig, FeatureType, LogMelConfig
 from ser_dist.features.store import FeatureTable, load_features, read_metadata, resolve_version, version_dir
 from ser_dist.storage import StagedDirectory, as_location
 from ser_dist.training.checkpoint import META_FILE, LoadedModel, load_checkpoint
-from ser_dist.training.data import Standardizer
+from ser_dist.training.data import Standardizer, normalise_per_speaker
 from ser_dist.training.loop import predict_proba
 from ser_dist.training.metrics import classification_report
 
@@ -209,10 +209,8 @@ class CrossCorpusEvaluator:
         if normalization is TargetNormalization.TARGET:
             standardizer = Standardizer.fit(table.features)
         elif normalization is TargetNormalization.PER_SPEAKER:
-            from ser_dist.training.data import normalise
-
-            normalised, _ = normalise(table.features, table.meta["speaker"].astype(str).tolist(),
-                                      train_positions=np.arange(len(table.features)), mode="per_speaker")
+            speakers = table.meta["speaker"].astype(str).tolist()
+            normalised = normalise_per_speaker(table.features, speakers)  # a speaker's left-out utterances count too
             kept_features = [normalised[i] for i in keep]
             standardizer = Standardizer.identity(table.dim)
         probabilities = self.source_probabilities(kept_features, standardizer=standardizer)  # (M, N, C)

@@ -240,9 +240,9 @@ def _meta_columns() -> list[str]:
 def _metadata(config: FeatureConfig, corpus: str, manifest: pd.DataFrame, result: ExtractionResult, previous: dict, stored: set) -> dict:
     from importlib.metadata import version
 
-    parts = part_files(result.directory)
-    provenance = read_part_provenance(parts[-1]) if parts else {}
-    hashes = {str((read_part_provenance(p).get("encoder") or {}).get("weight_hash")) for p in parts}
+    provenances = [read_part_provenance(p) for p in part_files(result.directory)]  # schema footers only
+    provenance = provenances[-1] if provenances else {}
+    hashes = {str((p.get("encoder") or {}).get("weight_hash")) for p in provenances}
     if len(hashes) > 1:
         raise FeatureStoreError(
             f"{result.directory.redacted()} holds parts made with different encoder weights ({sorted(hashes)}): two "

@@ -97,7 +97,7 @@ def write_part_atomically(directory: Path | str | Location, table: pa.Table) -> 
 
 
 def part_files(directory: Path | str | Location) -> list[Location]:
-    return [p for p in as_location(directory).glob(f"{PART_PREFIX}*") if p.name.endswith(".parquet")]
+    return as_location(directory).glob(f"{PART_PREFIX}*.parquet")
 
 
 def remove_stale_temporaries(directory: Path | str | Location) -> int:

@@ -48,6 +48,11 @@ def normalise(matrices: list[np.ndarray], speakers: list[str], *, train_position
     global_stats = Standardizer.fit([matrices[i] for i in train_positions])
     if mode == "train_global":
         return [global_stats.apply(m) for m in matrices], global_stats
+    return normalise_per_speaker(matrices, speakers), global_stats
+
+
+def normalise_per_speaker(matrices: list[np.ndarray], speakers: list[str]) -> list[np.ndarray]:
+    """Each matrix standardised with the mean/std of all frames of its speaker (transductive, label-free)."""
     by_speaker: dict[str, list[int]] = {}
     for i, speaker in enumerate(speakers):
         by_speaker.setdefault(speaker, []).append(i)
@@ -56,7 +61,7 @@ def normalise(matrices: list[np.ndarray], speakers: list[str], *, train_position
         stats = Standardizer.fit([matrices[i] for i in positions])
         for i in positions:
             out[i] = stats.apply(matrices[i])
-    return out, global_stats
+    return out
 
 
 def length_buckets(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generator | None) -> list[np.ndarray]:
