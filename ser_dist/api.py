@@ -11,7 +11,7 @@ import pandas as pd
 
 from ser_dist.corpora import corpus_name, corpus_root, prepare_with_report
 from ser_dist.corpora.base import OnError
-from ser_dist.features.config import FeatureConfig, FeatureType, SSLConfig
+from ser_dist.features.config import FeatureConfig, FeatureType, MfccConfig, SSLConfig
 from ser_dist.features.extract import ExtractionOptions, ExtractionResult, extract_features
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ class ExtractConfig:
     ssl_layers: tuple[int, ...] = SSLConfig.layers
     storage_dtype: str = "float32"
     trim_db: float | None = None  # trim leading/trailing audio this many dB below the loudest frame
+    deltas: int = 0  # LOGMEL/MFCC: 1 appends deltas, 2 deltas + delta-deltas
+    fixed_seconds: float | None = None  # centre-pad/crop every signal to this length (TIM-Net's protocol)
+    n_mfcc: int = MfccConfig.n_mfcc
     on_error: OnError = "skip"  # bad files are skipped and listed in metadata.json
     iemocap_label_set: str = "four"
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
@@ -46,6 +49,9 @@ class ExtractConfig:
             ssl=SSLConfig(model=self.ssl_model, layers=tuple(self.ssl_layers)),
             storage_dtype=self.storage_dtype,
             trim_db=self.trim_db,
+            mfcc=MfccConfig(n_mfcc=self.n_mfcc),
+            deltas=self.deltas,
+            fixed_seconds=self.fixed_seconds,
         )
 
 

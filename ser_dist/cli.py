@@ -47,9 +47,9 @@ def _add_extract(sub) -> None:
     from ser_dist.api import ExtractConfig
     from ser_dist.features.extract import ExtractionOptions
 
-    p = sub.add_parser("extract", help="extract LOGMEL / HUBERT / FUSION features on Ray Data into Parquet")
+    p = sub.add_parser("extract", help="extract LOGMEL / MFCC / HUBERT / FUSION features on Ray Data into Parquet")
     p.add_argument("--corpus", required=True)
-    p.add_argument("--features", default=_default(ExtractConfig, "features"), help="LOGMEL, HUBERT or FUSION (default: %(default)s)")
+    p.add_argument("--features", default=_default(ExtractConfig, "features"), help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--data-root", default=_default(ExtractConfig, "data_root"), help="(default: %(default)s)")
     p.add_argument("--out", default=_default(ExtractConfig, "out"), help="feature store root (default: %(default)s)")
     p.add_argument("--ssl-model", default=_default(ExtractConfig, "ssl_model"), help="transformers encoder: local folder or hub id (default: %(default)s)")
@@ -59,6 +59,11 @@ def _add_extract(sub) -> None:
     p.add_argument("--float16", action="store_true", help="store features as float16 (halves disk)")
     p.add_argument("--trim-db", type=float, default=None,
                    help="trim leading/trailing audio this many dB below the loudest frame before computing features (e.g. 40; default: off)")
+    p.add_argument("--deltas", type=int, choices=[0, 1, 2], default=_default(ExtractConfig, "deltas"),
+                   help="LOGMEL/MFCC: 1 appends deltas, 2 deltas and delta-deltas (default: %(default)s)")
+    p.add_argument("--n-mfcc", type=int, default=_default(ExtractConfig, "n_mfcc"), help="MFCC coefficients (default: %(default)s)")
+    p.add_argument("--fixed-seconds", type=float, default=None,
+                   help="centre-pad/crop every signal to this many seconds, as TIM-Net's reference code (4.354); default: off")
     p.add_argument("--on-error", choices=["raise", "skip"], default=_default(ExtractConfig, "on_error"))
     p.set_defaults(run=_run_extract)
 
@@ -72,6 +77,7 @@ def _run_extract(args) -> None:
             corpus=args.corpus, features=args.features, data_root=args.data_root, out=args.out,
             ssl_model=args.ssl_model, ssl_layers=args.ssl_layer, on_error=args.on_error,
             storage_dtype="float16" if args.float16 else "float32", trim_db=args.trim_db,
+            deltas=args.deltas, n_mfcc=args.n_mfcc, fixed_seconds=args.fixed_seconds,
             extraction=ExtractionOptions(num_workers=args.num_workers, batch_size=args.batch_size),
         )
     )
@@ -87,7 +93,7 @@ def _add_train(sub) -> None:
 
     p = sub.add_parser("train", help="k-fold cross-validation, each fold a Ray Train job, folds in parallel")
     p.add_argument("--corpus", required=True)
-    p.add_argument("--features", default="LOGMEL", help="LOGMEL, HUBERT or FUSION (default: %(default)s)")
+    p.add_argument("--features", default="LOGMEL", help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
     p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
     p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")
@@ -227,7 +233,7 @@ def _add_tune(sub) -> None:
 
     p = sub.add_parser("tune", help="hyperparameter sweep (Optuna + ASHA on Ray Tune), then a k-fold run of the best config")
     p.add_argument("--corpus", required=True)
-    p.add_argument("--features", default="LOGMEL", help="LOGMEL, HUBERT or FUSION (default: %(default)s)")
+    p.add_argument("--features", default="LOGMEL", help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
     p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
     p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")

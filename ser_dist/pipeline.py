@@ -58,7 +58,9 @@ class PipelineConfig:
     name: str = "pipeline"
     corpus: str = "EMODB"
     data_root: str = "data/raw"
-    features: str = "LOGMEL"  # LOGMEL | HUBERT | FUSION
+    features: str = "LOGMEL"  # LOGMEL | MFCC | HUBERT | FUSION
+    deltas: int = 0  # LOGMEL/MFCC: 1 = + deltas, 2 = + deltas and delta-deltas
+    fixed_seconds: float | None = None  # centre-pad/crop signals (TIM-Net's protocol); None = real lengths
     ssl_model: str = DEFAULT_SSL_MODEL
     ssl_layers: tuple[int, ...] = (-1,)
     features_out: str = "data/features"  # local folder or URI
@@ -79,7 +81,8 @@ class PipelineConfig:
 
     def extract_config(self, corpus: str) -> ExtractConfig:
         return ExtractConfig(corpus=corpus, features=self.features, data_root=self.data_root, out=self.features_out,
-                             ssl_model=self.ssl_model, ssl_layers=self.ssl_layers, extraction=self.extraction)
+                             ssl_model=self.ssl_model, ssl_layers=self.ssl_layers, extraction=self.extraction,
+                             deltas=self.deltas, fixed_seconds=self.fixed_seconds)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:

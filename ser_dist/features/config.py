@@ -14,6 +14,7 @@ from ser_dist.errors import ConfigError, UnknownNameError
 
 class FeatureType(StrEnum):
     LOGMEL = "LOGMEL"
+    MFCC = "MFCC"  # orthonormal DCT-II of the same log-mel (dB units, as librosa.feature.mfcc)
     HUBERT = "HUBERT"  # any transformers speech encoder; HuBERT-base is the default
     FUSION = "FUSION"  # LOGMEL on the encoder's frame grid, concatenated per frame
 
@@ -26,7 +27,11 @@ class FeatureType(StrEnum):
 
     @property
     def uses_encoder(self) -> bool:
-        return self is not FeatureType.LOGMEL
+        return self in (FeatureType.HUBERT, FeatureType.FUSION)
+
+    @property
+    def uses_logmel(self) -> bool:
+        return self is not FeatureType.HUBERT
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,18 @@ class LogMelConfig:
             raise ConfigError(f"win_length {self.win_length} exceeds n_fft {self.n_fft}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ConfigError(f"need 0 <= f_min < f_max <= {self.sample_rate / 2}, got {self.f_min}, {self.f_max}")
+
+
+@dataclass(frozen=True)
+class MfccConfig:
+    """MFCCs as `librosa.feature.mfcc(S=power_to_db(mel, amin=floor, top_db=None), n_mfcc=n_mfcc)`:
+    the first `n_mfcc` coefficients of the orthonormal DCT-II over the mel bands of the log-mel in dB."""
+
+    n_mfcc: int = 39
+
+    def __post_init__(self):
+        if not isinstance(self.n_mfcc, int) or self.n_mfcc < 1:
+            raise ConfigError(f"MfccConfig.n_mfcc must be a positive integer, got {self.n_mfcc!r}")
 
 
 DEFAULT_SSL_MODEL = "facebook/hubert-base-ls960"
@@ -94,17 +111,41 @@ class FeatureConfig:
     # feature is computed (None: keep everything). Corpora differ in how much silence surrounds each
     # utterance (RAVDESS ~1 s each side, EMODB almost none); left in, it shifts pooled statistics.
     trim_db: float | None = None
+    mfcc: MfccConfig = field(default_factory=MfccConfig)  # used by FeatureType.MFCC
+    # Append time derivatives (librosa.feature.delta, width 9): 1 = deltas, 2 = deltas + delta-deltas.
+    # LOGMEL and MFCC only.
+    deltas: int = 0
+    # Centre-pad (zeros) or centre-crop every signal to this many seconds before features, as TIM-Net's
+    # reference code does (96,000 samples at 22.05 kHz = 4.354 s). None: keep each signal's length.
+    fixed_seconds: float | None = None
 
     def __post_init__(self):
         if self.storage_dtype not in ("float32", "float16"):
             raise UnknownNameError("storage dtype", self.storage_dtype, ["float32", "float16"])
         if self.trim_db is not None and not 10 <= float(self.trim_db) <= 80:
             raise ConfigError(f"trim_db must be between 10 and 80 dB below the loudest frame (or None), got {self.trim_db}")
+        if self.deltas not in (0, 1, 2):
+            raise ConfigError(f"deltas must be 0 (off), 1 (deltas) or 2 (deltas + delta-deltas), got {self.deltas!r}")
+        if self.deltas and self.feature_type not in (FeatureType.LOGMEL, FeatureType.MFCC):
+            raise ConfigError(f"deltas apply to LOGMEL and MFCC features, not {self.feature_type.value}")
+        if self.fixed_seconds is not None and not 0.1 <= float(self.fixed_seconds) <= 600:
+            raise ConfigError(f"fixed_seconds must be between 0.1 and 600 (or None), got {self.fixed_seconds}")
+
+    @property
+    def base_dim(self) -> int | None:
+        """Feature size before deltas for LOGMEL/MFCC (None: depends on the encoder)."""
+        if self.feature_type is FeatureType.LOGMEL:
+            return self.logmel.n_mels
+        if self.feature_type is FeatureType.MFCC:
+            return self.mfcc.n_mfcc
+        return None
 
     def to_dict(self) -> dict:
         out = {"feature_type": self.feature_type.value, "storage_dtype": self.storage_dtype}
-        if self.feature_type is not FeatureType.HUBERT:
+        if self.feature_type.uses_logmel:
             out["logmel"] = asdict(self.logmel)
+        if self.feature_type is FeatureType.MFCC:
+            out["mfcc"] = asdict(self.mfcc)
         if self.feature_type.uses_encoder:
             ssl = asdict(self.ssl)
             ssl["layers"] = list(self.ssl.layers)
@@ -112,6 +153,10 @@ class FeatureConfig:
             out["ssl"] = ssl
         if self.trim_db is not None:  # absent when off, so untrimmed versions keep their hash
             out["trim_db"] = float(self.trim_db)
+        if self.deltas:  # absent when off (older versions keep their hash)
+            out["deltas"] = int(self.deltas)
+        if self.fixed_seconds is not None:
+            out["fixed_seconds"] = float(self.fixed_seconds)
         return out
 
     @classmethod
@@ -125,6 +170,9 @@ class FeatureConfig:
             ssl=SSLConfig(**ssl),
             storage_dtype=data.get("storage_dtype", "float32"),
             trim_db=data.get("trim_db"),
+            mfcc=MfccConfig(**(data.get("mfcc") or {})),
+            deltas=int(data.get("deltas", 0)),
+            fixed_seconds=data.get("fixed_seconds"),
         )
 
     def version(self) -> str:
@@ -144,6 +192,10 @@ class FeatureConfig:
     def dataset_name(self, corpus: str) -> str:
         """`{CORPUS}_{TYPE}` for LOGMEL and the default HuBERT; other encoders get their own name."""
         name = f"{corpus}_{self.feature_type.value}"
+        if self.deltas:
+            name += "_D" if self.deltas == 1 else "_DD"
+        if self.fixed_seconds is not None:
+            name += f"_fixed{float(self.fixed_seconds):g}s"
         if self.feature_type.uses_encoder and not self.ssl.is_default_hubert:
             name += f"_{self.ssl.slug}"
         return name
