@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ser_dist.corpora import corpus_name, corpus_root, prepare_with_report
+from ser_dist.corpora import corpus_name, corpus_root, prepare_with_report, reader_options
 from ser_dist.corpora.base import OnError
-from ser_dist.features.config import FeatureConfig, FeatureType, MfccConfig, SSLConfig
+from ser_dist.features.config import FeatureConfig, FeatureType, LogMelConfig, MfccConfig, SSLConfig
 from ser_dist.features.extract import ExtractionOptions, ExtractionResult, extract_features
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class PrepareConfig:
     out: str = "data/manifests"
     on_error: OnError = "raise"
     iemocap_label_set: str = "four"
+    label_map: str | None = None  # table:PATH corpora: JSON/YAML {their_label: canonical_label}
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,10 @@ class ExtractConfig:
     deltas: int = 0  # LOGMEL/MFCC: 1 appends deltas, 2 deltas + delta-deltas
     fixed_seconds: float | None = None  # centre-pad/crop every signal to this length (TIM-Net's protocol)
     n_mfcc: int = MfccConfig.n_mfcc
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)  # window/hop/bands of LOGMEL, MFCC, FUSION
     on_error: OnError = "skip"  # bad files are skipped and listed in metadata.json
     iemocap_label_set: str = "four"
+    label_map: str | None = None  # table:PATH corpora: JSON/YAML {their_label: canonical_label}
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
 
     def feature_config(self) -> FeatureConfig:
@@ -50,6 +53,7 @@ class ExtractConfig:
             storage_dtype=self.storage_dtype,
             trim_db=self.trim_db,
             mfcc=MfccConfig(n_mfcc=self.n_mfcc),
+            logmel=self.logmel,
             deltas=self.deltas,
             fixed_seconds=self.fixed_seconds,
         )
@@ -57,9 +61,9 @@ class ExtractConfig:
 
 def prepare_corpus(config: PrepareConfig) -> tuple[pd.DataFrame, Path]:
     """Write `<out>/<CORPUS>.parquet` (the manifest) and `<CORPUS>.prepare_report.json`."""
-    corpus = corpus_name(config.corpus)
-    options = {"label_set": config.iemocap_label_set} if corpus == "IEMOCAP" else {}
-    manifest, report = prepare_with_report(corpus, corpus_root(config.data_root, corpus), on_error=config.on_error, **options)
+    corpus = corpus_name(config.corpus)  # a table's manifest name for table:PATH
+    options = reader_options(config.corpus, iemocap_label_set=config.iemocap_label_set, label_map=config.label_map)
+    manifest, report = prepare_with_report(config.corpus, corpus_root(config.data_root, config.corpus), on_error=config.on_error, **options)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest.to_parquet(out / f"{corpus}.parquet", index=False)
@@ -70,9 +74,9 @@ def prepare_corpus(config: PrepareConfig) -> tuple[pd.DataFrame, Path]:
 
 def extract(config: ExtractConfig) -> ExtractionResult:
     """Prepare the corpus and extract its features into the Parquet store (resumable)."""
-    corpus = corpus_name(config.corpus)
-    options = {"label_set": config.iemocap_label_set} if corpus == "IEMOCAP" else {}
-    manifest, report = prepare_with_report(corpus, corpus_root(config.data_root, corpus), on_error=config.on_error, **options)
+    corpus = corpus_name(config.corpus)  # a table's manifest name for table:PATH
+    options = reader_options(config.corpus, iemocap_label_set=config.iemocap_label_set, label_map=config.label_map)
+    manifest, report = prepare_with_report(config.corpus, corpus_root(config.data_root, config.corpus), on_error=config.on_error, **options)
     for item in report.skipped:
         logger.warning("prepare skipped %s: %s", item.path, item.reason)
     result = extract_features(manifest, config.feature_config(), config.out, corpus=corpus, options=config.extraction)

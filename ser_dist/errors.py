@@ -15,6 +15,24 @@ class ManifestError(SerDistError, ValueError):
     """A corpus file cannot be turned into a manifest row (bad name, unknown label, duplicate id)."""
 
 
+class UnknownLabelError(ManifestError):
+    """Labels of a corpus table that are neither canonical emotions nor keys of its label map."""
+
+    def __init__(self, table: object, rows: list[tuple[int, str]], valid: list[str] | tuple[str, ...], *, mapped=()):
+        self.table, self.rows, self.valid = str(table), list(rows), tuple(valid)
+        mapped_note = f" (label map keys: {', '.join(mapped)})" if mapped else ""
+        super().__init__(f"{table}: {len(self.rows)} row(s) with unknown labels{mapped_note}: {self.describe(self.rows, self.valid)}")
+
+    @staticmethod
+    def describe(rows: list[tuple[int, str]], valid: list[str] | tuple[str, ...], *, limit: int = 20) -> str:
+        listed = ", ".join(f"row {line} {label!r}" for line, label in rows[:limit])
+        more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+        return (
+            f"{listed}{more}; expected one of {', '.join(valid)}, "
+            "or map them with a label-map file (--label-map FILE holding {their_label: canonical_label})"
+        )
+
+
 class UnknownNameError(SerDistError, KeyError):
     """A name (corpus, feature type, emotion, protocol) is not one of the valid ones."""
 
@@ -44,3 +62,7 @@ class FeatureStoreError(SerDistError, ValueError):
 
 class ConfigError(SerDistError, ValueError):
     """A configuration value is out of range or inconsistent."""
+
+
+class ConfigFileNotFoundError(SerDistError, FileNotFoundError):
+    """A file the user named as configuration (e.g. a label map) does not exist."""

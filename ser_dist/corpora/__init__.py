@@ -1,4 +1,7 @@
-"""Corpus readers: a corpus folder in its published layout -> one manifest (see manifest.py)."""
+"""Corpus readers: a corpus folder in its published layout -> one manifest (see manifest.py).
+
+A corpus is a registry name (EMODB, ...) or `table:PATH`, a CSV/JSONL table of files (see table.py).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from ser_dist.corpora.emodb import prepare_emodb
 from ser_dist.corpora.iemocap import prepare_iemocap
 from ser_dist.corpora.manifest import MANIFEST_COLUMNS, PrepareReport
 from ser_dist.corpora.ravdess import prepare_ravdess
-from ser_dist.errors import UnknownNameError
+from ser_dist.corpora.table import TABLE_PREFIX, prepare_table, table_corpus_name, table_path
+from ser_dist.errors import ConfigError, UnknownNameError
 
 READERS: dict[str, Callable[..., tuple[pd.DataFrame, PrepareReport]]] = {
     "EMODB": prepare_emodb,
@@ -25,28 +29,60 @@ ALIASES: dict[str, str] = {"RAVDE": "RAVDESS"}  # the seed's spelling
 
 
 def corpus_name(name: str) -> str:
-    """Normalise a user-given corpus name ('emodb', 'RAVDE') to its registry key."""
+    """Normalise a user-given corpus ('emodb', 'RAVDE', 'table:my.csv') to its manifest name."""
+    table = table_path(name)
+    if table is not None:
+        return table_corpus_name(table)
     key = ALIASES.get(name.upper(), name.upper())
     if key not in READERS:
-        raise UnknownNameError("corpus", name, sorted(READERS))
+        raise UnknownNameError("corpus", name, [*READERS, f"{TABLE_PREFIX}PATH"])
     return key
 
 
 def corpus_root(data_root: Path | str, corpus: str) -> Path:
+    """The folder of a registry corpus under `data_root`; for `table:PATH`, the table file itself."""
+    table = table_path(corpus)
+    if table is not None:
+        return table
     return Path(data_root) / CORPUS_DIRS[corpus_name(corpus)]
 
 
+def reader_options(corpus: str, *, iemocap_label_set: str | None = None, label_map: str | None = None) -> dict:
+    """The reader keyword options that apply to `corpus`; a label map for a non-table corpus is refused."""
+    options: dict = {}
+    if table_path(corpus) is not None:
+        if label_map:
+            options["label_map"] = label_map
+        return options
+    if label_map:
+        raise ConfigError(f"a label map applies to table corpora (table:PATH) only, not to {corpus}")
+    if corpus_name(corpus) == "IEMOCAP" and iemocap_label_set is not None:
+        options["label_set"] = iemocap_label_set
+    return options
+
+
 def prepare_with_report(
-    corpus: str, root: Path | str, *, on_error: OnError = "raise", **options
+    corpus: str, root: Path | str | None = None, *, on_error: OnError = "raise", **options
 ) -> tuple[pd.DataFrame, PrepareReport]:
-    """Manifest and report (skipped files with reasons) of the corpus whose folder is `root`."""
+    """Manifest and report (skipped files with reasons) of the corpus whose folder is `root`.
+
+    For `table:PATH` the table is the corpus and `root` may be left out.
+    """
+    table = table_path(corpus)
+    if table is not None:
+        return prepare_table(root if root is not None else table, on_error=on_error, **options)
+    if root is None:
+        raise ConfigError(f"prepare {corpus}: pass the corpus folder")
     return READERS[corpus_name(corpus)](root, on_error=on_error, **options)
 
 
-def prepare(corpus: str, root: Path | str, *, on_error: OnError = "raise", **options) -> pd.DataFrame:
+def prepare(corpus: str, root: Path | str | None = None, *, on_error: OnError = "raise", **options) -> pd.DataFrame:
     """Manifest of the corpus whose folder is `root`; columns are MANIFEST_COLUMNS."""
     manifest, _ = prepare_with_report(corpus, root, on_error=on_error, **options)
     return manifest
 
 
-__all__ = ["MANIFEST_COLUMNS", "PrepareReport", "READERS", "corpus_name", "corpus_root", "prepare", "prepare_with_report"]
+__all__ = [
+    "MANIFEST_COLUMNS", "PrepareReport", "READERS", "corpus_name", "corpus_root", "prepare", "prepare_with_report",
+    "reader_options",
+]

@@ -11,9 +11,9 @@ import soundfile as sf
 from ser_dist.errors import AudioError, ManifestError
 
 # utterance_id  str    unique within the corpus, stable across runs (file stem for EMODB/RAVDESS)
-# corpus        str    EMODB | RAVDESS | IEMOCAP
+# corpus        str    EMODB | RAVDESS | IEMOCAP | SAVEE | TESS | CREMAD, or a table corpus's name
 # speaker       str    corpus-prefixed speaker id, e.g. "EMODB_03", "RAVDESS_07", "IEMOCAP_Ses01F"
-# gender        str    "F" | "M"
+# gender        str    "F" | "M" | "unknown" (CREMA-D without its demographics file, tables without it)
 # session       str    recording session ("" when the corpus has none)
 # label         str    canonical emotion (ser_dist.emotions.Emotion value)
 # source_label  str    the corpus's own code (e.g. "W", "05", "exc")
