@@ -9,6 +9,9 @@ from dataclasses import fields
 
 from ser_dist.errors import SerDistError
 
+CORPUS_HELP = "EMODB, RAVDESS, IEMOCAP, or table:PATH (a CSV/JSONL table: path,label,speaker)"
+LABEL_MAP_HELP = "table:PATH corpora: JSON/YAML file {their_label: canonical_label}; null leaves a label out"
+
 
 def _default(cls, name):
     for f in fields(cls):
@@ -25,11 +28,12 @@ def _add_prepare(sub) -> None:
     from ser_dist.api import PrepareConfig
 
     p = sub.add_parser("prepare", help="turn a corpus folder into a manifest (Parquet)")
-    p.add_argument("--corpus", required=True, help="EMODB, RAVDESS or IEMOCAP")
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
     p.add_argument("--data-root", default=_default(PrepareConfig, "data_root"), help="folder holding emodb/, ravdess/, iemocap/ (default: %(default)s)")
     p.add_argument("--out", default=_default(PrepareConfig, "out"), help="manifest folder (default: %(default)s)")
     p.add_argument("--on-error", choices=["raise", "skip"], default=_default(PrepareConfig, "on_error"))
     p.add_argument("--iemocap-label-set", choices=["four", "all"], default=_default(PrepareConfig, "iemocap_label_set"))
+    p.add_argument("--label-map", default=_default(PrepareConfig, "label_map"), help=LABEL_MAP_HELP)
     p.set_defaults(run=_run_prepare)
 
 
@@ -37,7 +41,8 @@ def _run_prepare(args) -> None:
     from ser_dist.api import PrepareConfig, prepare_corpus
 
     manifest, path = prepare_corpus(
-        PrepareConfig(corpus=args.corpus, data_root=args.data_root, out=args.out, on_error=args.on_error, iemocap_label_set=args.iemocap_label_set)
+        PrepareConfig(corpus=args.corpus, data_root=args.data_root, out=args.out, on_error=args.on_error, iemocap_label_set=args.iemocap_label_set,
+                      label_map=args.label_map)
     )
     print(f"{len(manifest)} utterances -> {path}")
     print(manifest["label"].value_counts().to_string())
@@ -48,7 +53,8 @@ def _add_extract(sub) -> None:
     from ser_dist.features.extract import ExtractionOptions
 
     p = sub.add_parser("extract", help="extract LOGMEL / MFCC / HUBERT / FUSION features on Ray Data into Parquet")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
+    p.add_argument("--label-map", default=_default(ExtractConfig, "label_map"), help=LABEL_MAP_HELP)
     p.add_argument("--features", default=_default(ExtractConfig, "features"), help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--data-root", default=_default(ExtractConfig, "data_root"), help="(default: %(default)s)")
     p.add_argument("--out", default=_default(ExtractConfig, "out"), help="feature store root (default: %(default)s)")
@@ -74,7 +80,7 @@ def _run_extract(args) -> None:
 
     result = extract(
         ExtractConfig(
-            corpus=args.corpus, features=args.features, data_root=args.data_root, out=args.out,
+            corpus=args.corpus, label_map=args.label_map, features=args.features, data_root=args.data_root, out=args.out,
             ssl_model=args.ssl_model, ssl_layers=args.ssl_layer, on_error=args.on_error,
             storage_dtype="float16" if args.float16 else "float32", trim_db=args.trim_db,
             deltas=args.deltas, n_mfcc=args.n_mfcc, fixed_seconds=args.fixed_seconds,
@@ -92,7 +98,7 @@ def _add_train(sub) -> None:
     from ser_dist.training.kfold import KFoldConfig
 
     p = sub.add_parser("train", help="k-fold cross-validation, each fold a Ray Train job, folds in parallel")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
     p.add_argument("--features", default="LOGMEL", help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
     p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
