@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from ser_dist.errors import SerDistError
 
-CORPUS_HELP = "EMODB, RAVDESS, IEMOCAP, or table:PATH (a CSV/JSONL table: path,label,speaker)"
+CORPUS_HELP = "EMODB, RAVDESS, IEMOCAP, CREMAD, SAVEE, TESS, or table:PATH (a CSV/JSONL table: path,label,speaker)"
 LABEL_MAP_HELP = "table:PATH corpora: JSON/YAML file {their_label: canonical_label}; null leaves a label out"
 
 

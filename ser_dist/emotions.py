@@ -63,6 +63,35 @@ IEMOCAP_CODES: dict[str, Emotion] = {
     "xxx": Emotion.NO_AGREEMENT,
 }
 
+SAVEE_CODES: dict[str, Emotion] = {
+    "a": Emotion.ANGRY,
+    "d": Emotion.DISGUST,
+    "f": Emotion.FEAR,
+    "h": Emotion.HAPPY,
+    "n": Emotion.NEUTRAL,
+    "sa": Emotion.SAD,
+    "su": Emotion.SURPRISE,
+}
+
+TESS_CODES: dict[str, Emotion] = {  # lower-cased; "ps" is pleasant surprise
+    "angry": Emotion.ANGRY,
+    "disgust": Emotion.DISGUST,
+    "fear": Emotion.FEAR,
+    "happy": Emotion.HAPPY,
+    "neutral": Emotion.NEUTRAL,
+    "ps": Emotion.SURPRISE,
+    "sad": Emotion.SAD,
+}
+
+CREMAD_CODES: dict[str, Emotion] = {
+    "ANG": Emotion.ANGRY,
+    "DIS": Emotion.DISGUST,
+    "FEA": Emotion.FEAR,
+    "HAP": Emotion.HAPPY,
+    "NEU": Emotion.NEUTRAL,
+    "SAD": Emotion.SAD,
+}
+
 # The standard IEMOCAP 4-class set: neutral, happy (hap + exc merged), sad, angry.
 IEMOCAP_FOUR_CLASS: dict[Emotion, Emotion] = {
     Emotion.NEUTRAL: Emotion.NEUTRAL,

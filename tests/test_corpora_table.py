@@ -8,7 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ser_dist.corpora import MANIFEST_COLUMNS, corpus_name, corpus_root, prepare, prepare_with_report, reader_options
+from ser_dist.corpora import (
+    MANIFEST_COLUMNS,
+    corpus_name,
+    corpus_root,
+    prepare,
+    prepare_with_report,
+    reader_options,
+)
 from ser_dist.corpora.table import load_label_map, safe_corpus_name
 from ser_dist.errors import (
     ConfigError,

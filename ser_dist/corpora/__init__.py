@@ -11,21 +11,29 @@ from pathlib import Path
 import pandas as pd
 
 from ser_dist.corpora.base import OnError
+from ser_dist.corpora.cremad import prepare_cremad
 from ser_dist.corpora.emodb import prepare_emodb
 from ser_dist.corpora.iemocap import prepare_iemocap
 from ser_dist.corpora.manifest import MANIFEST_COLUMNS, PrepareReport
 from ser_dist.corpora.ravdess import prepare_ravdess
+from ser_dist.corpora.savee import prepare_savee
 from ser_dist.corpora.table import TABLE_PREFIX, prepare_table, table_corpus_name, table_path
+from ser_dist.corpora.tess import prepare_tess
 from ser_dist.errors import ConfigError, UnknownNameError
 
 READERS: dict[str, Callable[..., tuple[pd.DataFrame, PrepareReport]]] = {
     "EMODB": prepare_emodb,
     "IEMOCAP": prepare_iemocap,
     "RAVDESS": prepare_ravdess,
+    "CREMAD": prepare_cremad,
+    "SAVEE": prepare_savee,
+    "TESS": prepare_tess,
 }
 # Folder of each corpus under a data root (DATA_ROOT/emodb, ...).
-CORPUS_DIRS: dict[str, str] = {"EMODB": "emodb", "IEMOCAP": "iemocap", "RAVDESS": "ravdess"}
-ALIASES: dict[str, str] = {"RAVDE": "RAVDESS"}  # the seed's spelling
+CORPUS_DIRS: dict[str, str] = {
+    "EMODB": "emodb", "IEMOCAP": "iemocap", "RAVDESS": "ravdess", "CREMAD": "crema-d", "SAVEE": "savee", "TESS": "tess",
+}
+ALIASES: dict[str, str] = {"RAVDE": "RAVDESS", "CREMA-D": "CREMAD", "CREMA_D": "CREMAD"}  # RAVDE: the seed's spelling
 
 
 def corpus_name(name: str) -> str:
