@@ -252,6 +252,24 @@ def _run_export(args) -> None:
     print(f"exported {args.model} -> {out}")
 
 
+def _add_serve(sub) -> None:
+    from ser_dist.serve.service import ServeConfig
+
+    p = sub.add_parser("serve", help="serve a trained model over HTTP with Ray Serve (POST /predict, GET /healthz, GET /model)")
+    p.add_argument("--model", required=True, help="a checkpoint folder, or a run folder runs/<name> (its folds are averaged)")
+    p.add_argument("--host", default=_default(ServeConfig, "host"), help="(default: %(default)s)")
+    p.add_argument("--port", type=int, default=_default(ServeConfig, "port"), help="(default: %(default)s)")
+    p.add_argument("--max-batch-size", type=int, default=_default(ServeConfig, "max_batch_size"), help="requests per model call; 1 = no batching (default: %(default)s)")
+    p.add_argument("--replicas", type=int, default=_default(ServeConfig, "replicas"), help="(default: %(default)s)")
+    p.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> None:
+    from ser_dist.serve.service import ServeConfig, run_service
+
+    run_service(ServeConfig(model=args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size, replicas=args.replicas))
+
+
 def _add_tune(sub) -> None:
     from ser_dist.tuning import TuneConfig
 
@@ -290,7 +308,7 @@ def _run_tune(args) -> None:
         print(f"final k-fold run (test scores): UAR {final['uar']:.3f}  WAR {final['war']:.3f}  -> {final['run_dir']}")
 
 
-SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_tune, _add_evaluate, _add_cross_matrix, _add_predict, _add_export]
+SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_tune, _add_evaluate, _add_cross_matrix, _add_predict, _add_export, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
