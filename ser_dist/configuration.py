@@ -17,9 +17,12 @@ T = TypeVar("T")
 
 def from_mapping(cls: type[T], data: dict[str, Any] | None, *, where: str = "config") -> T:
     """Build dataclass `cls` from a (nested) mapping; defaults live in the dataclasses only."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if not isinstance(data, dict | None):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data or {})
+    expand = getattr(cls, "expand_mapping", None)  # e.g. TrainConfig's named presets
+    if expand is not None:
+        data = expand(data)
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(known))

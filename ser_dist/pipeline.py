@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from ser_dist.api import ExtractConfig, extract
 from ser_dist.corpora import corpus_name
 from ser_dist.errors import ConfigError
-from ser_dist.features.config import DEFAULT_SSL_MODEL
+from ser_dist.features.config import DEFAULT_SSL_MODEL, LogMelConfig
 from ser_dist.features.extract import ExtractionOptions
 from ser_dist.storage import as_location
 from ser_dist.training.config import TrainConfig
@@ -61,6 +61,8 @@ class PipelineConfig:
     features: str = "LOGMEL"  # LOGMEL | MFCC | HUBERT | FUSION
     deltas: int = 0  # LOGMEL/MFCC: 1 = + deltas, 2 = + deltas and delta-deltas
     fixed_seconds: float | None = None  # centre-pad/crop signals (TIM-Net's protocol); None = real lengths
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)  # window / hop / bands behind LOGMEL, MFCC, FUSION
+    val_fraction: float = 0.15  # validation share carved from each fold's training side (0: none, last epoch kept)
     ssl_model: str = DEFAULT_SSL_MODEL
     ssl_layers: tuple[int, ...] = (-1,)
     features_out: str = "data/features"  # local folder or URI
@@ -82,7 +84,7 @@ class PipelineConfig:
     def extract_config(self, corpus: str) -> ExtractConfig:
         return ExtractConfig(corpus=corpus, features=self.features, data_root=self.data_root, out=self.features_out,
                              ssl_model=self.ssl_model, ssl_layers=self.ssl_layers, extraction=self.extraction,
-                             deltas=self.deltas, fixed_seconds=self.fixed_seconds)
+                             deltas=self.deltas, fixed_seconds=self.fixed_seconds, logmel=self.logmel)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
@@ -100,7 +102,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         run_name = base_name
         summary = run_kfold(KFoldConfig(
             features_path=str(features), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
-            out=config.runs_out, name=run_name, train=config.train,
+            out=config.runs_out, name=run_name, train=config.train, val_fraction=config.val_fraction,
         ))
     run = as_location(config.runs_out) / run_name
     outputs["run"] = run.redacted()

@@ -22,8 +22,12 @@ Design choices (documented here, once):
 - BatchNorm is masked (`MaskedBatchNorm1d`): in training, batch mean/variance come from real frames
   only and feed the running statistics; in eval the running statistics are used, so an utterance's
   logits do not depend on how much padding its batch has.
-- The fusion weights are softmax-normalised (the reference uses an unconstrained weighted sum); they
-  start at zero, i.e. a plain mean over scales. `block_weights()` returns them for reports.
+- The fusion weights are softmax-normalised by default; they start at zero, i.e. a plain mean over
+  scales. `fusion="linear"` is the reference's WeightLayer instead: an unconstrained weighted sum,
+  weights drawn from U(-0.05, 0.05) (Keras' "uniform"). `block_weights()` returns them for reports.
+- `init="keras"` initialises convolutions and the classifier as Keras does (Glorot-uniform weights,
+  zero biases); `bn_momentum` / `bn_eps` set BatchNorm's (Keras: momentum 0.99 = torch 0.01, eps 1e-3).
+  The "timnet_paper" preset (`ser_dist.model.presets`) sets all of these to the reference's values.
 - `input_projection=True` (default) maps D -> width with a pointwise conv per direction (the reference's
   1x1 "causal" conv). With `input_projection=False` the input is used as is and `input_dim` must equal
   `width`.
@@ -55,6 +59,11 @@ class TimNetConfig:
     input_projection: bool = True  # pointwise conv D -> width; if False, input_dim must equal width
     time_pool: int = 1  # average-pool the input over this many frames (cuts cost); 1 = off
     input_dropout: float = 0.0  # element dropout on the input features
+    head_dropout: float | None = None  # dropout before the classifier; None = `dropout` (the reference: 0)
+    fusion: str = "softmax"  # softmax: convex weights over scales | linear: the reference's free weights
+    init: str = "torch"  # torch defaults | keras: Glorot-uniform weights and zero biases, as the reference
+    bn_momentum: float = 0.1  # torch convention (Keras' 0.99 is 0.01 here)
+    bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "width", "n_blocks", "kernel_size", "time_pool"):
@@ -63,9 +72,13 @@ class TimNetConfig:
                 raise ConfigError(f"TimNetConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ConfigError(f"TimNetConfig.n_classes must be an integer >= 2, got {self.n_classes!r}")
-        for name in ("dropout", "input_dropout"):
+        if self.fusion not in ("softmax", "linear"):
+            raise ConfigError(f"TimNetConfig.fusion must be 'softmax' or 'linear', got {self.fusion!r}")
+        if self.init not in ("torch", "keras"):
+            raise ConfigError(f"TimNetConfig.init must be 'torch' or 'keras', got {self.init!r}")
+        for name in ("dropout", "input_dropout", "head_dropout"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
+            if value is not None and not 0.0 <= value < 1.0:
                 raise ConfigError(f"TimNetConfig.{name} must be in [0, 1), got {value!r}")
         if not self.input_projection and self.input_dim != self.width:
             raise ConfigError(
@@ -152,14 +165,15 @@ class TemporalAwareBlock(nn.Module):
     (grouped convolutions; BatchNorm and Dropout1d act per channel anyway).
     """
 
-    def __init__(self, width: int, *, kernel_size: int, dilation: int, dropout: float, directions: int):
+    def __init__(self, width: int, *, kernel_size: int, dilation: int, dropout: float, directions: int,
+                 bn_momentum: float = 0.1, bn_eps: float = 1e-5):
         super().__init__()
         channels = width * directions
         self.left_pad = dilation * (kernel_size - 1)  # causal: output t sees inputs t - left_pad .. t
         self.conv1 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, groups=directions)
-        self.norm1 = MaskedBatchNorm1d(channels)
+        self.norm1 = MaskedBatchNorm1d(channels, momentum=bn_momentum, eps=bn_eps)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size, dilation=dilation, groups=directions)
-        self.norm2 = MaskedBatchNorm1d(channels)
+        self.norm2 = MaskedBatchNorm1d(channels, momentum=bn_momentum, eps=bn_eps)
         self.dropout = nn.Dropout1d(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:  # x (B, C, T) zero on padding, mask (B, 1, T)
@@ -190,12 +204,32 @@ class TimNet(nn.Module):
                 dilation=2**j,
                 dropout=c.dropout,
                 directions=self.directions,
+                bn_momentum=c.bn_momentum,
+                bn_eps=c.bn_eps,
             )
             for j in range(c.n_blocks)
         )
-        self.fusion_logits = nn.Parameter(torch.zeros(c.n_blocks))  # softmax -> weight per block
-        self.head_dropout = nn.Dropout(c.dropout)
+        # softmax fusion: logits start at 0 (a plain mean); linear fusion: the reference's U(-0.05, 0.05)
+        initial = torch.zeros(c.n_blocks) if c.fusion == "softmax" else torch.empty(c.n_blocks).uniform_(-0.05, 0.05)
+        self.fusion_logits = nn.Parameter(initial)
+        self.head_dropout = nn.Dropout(c.dropout if c.head_dropout is None else c.head_dropout)
         self.classifier = nn.Linear(c.width, c.n_classes)
+        if c.init == "keras":
+            self._keras_init()
+
+    def _keras_init(self) -> None:
+        """Glorot-uniform weights and zero biases (Keras' Conv1D/Dense defaults), per direction."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv1d | nn.Linear):
+                weight = module.weight  # Conv1d (out, in/groups, k); grouped: fans are per group
+                fan_in = weight.shape[1] * (weight.shape[2] if weight.dim() == 3 else 1)
+                groups = module.groups if isinstance(module, nn.Conv1d) else 1
+                fan_out = weight.shape[0] // groups * (weight.shape[2] if weight.dim() == 3 else 1)
+                bound = (6.0 / (fan_in + fan_out)) ** 0.5
+                with torch.no_grad():
+                    weight.uniform_(-bound, bound)
+                    if module.bias is not None:
+                        module.bias.zero_()
 
     def _check_inputs(self, x: Tensor, lengths: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.config.input_dim:
@@ -247,16 +281,21 @@ class TimNet(nn.Module):
             g = masked_mean(h, mask, lengths)  # (B, C)
             pooled.append(g.unflatten(1, (self.directions, -1)).sum(dim=1))  # (B, width) fwd + bwd
         stacked = torch.stack(pooled, dim=1)  # (B, n_blocks, width)
-        weights = torch.softmax(self.fusion_logits, dim=0)  # (n_blocks,)
-        return torch.einsum("bkw,k->bw", stacked, weights)  # (B, width)
+        return torch.einsum("bkw,k->bw", stacked, self._fusion_weights())  # (B, width)
+
+    def _fusion_weights(self) -> Tensor:
+        if self.config.fusion == "linear":
+            return self.fusion_logits  # (n_blocks,) free weights, as the reference's WeightLayer
+        return torch.softmax(self.fusion_logits, dim=0)  # (n_blocks,)
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D) padded, lengths (B,) real frame counts -> logits (B, n_classes)."""
         return self.classifier(self.head_dropout(self.embed(x, lengths)))  # (B, n_classes)
 
     def block_weights(self) -> list[float]:
-        """The fusion weight of each block (scale), summing to 1."""
-        return torch.softmax(self.fusion_logits.detach(), dim=0).tolist()
+        """The fusion weight of each block (scale); they sum to 1 with softmax fusion."""
+        with torch.no_grad():
+            return self._fusion_weights().tolist()
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

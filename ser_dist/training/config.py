@@ -6,9 +6,12 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
 from ser_dist.errors import ConfigError, UnknownNameError
+from ser_dist.training.presets import apply_preset
 
 Normalization = Literal["train_global", "per_speaker"]
 NORMALIZATIONS = ("train_global", "per_speaker")
+SCHEDULES = ("warmup_cosine", "constant")
+OPTIMIZERS = ("adamw", "adam")
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,11 @@ class ModelOptions:
     bidirectional: bool = True
     time_pool: int = 2
     input_dropout: float = 0.1
+    head_dropout: float | None = None  # None = dropout
+    fusion: str = "softmax"  # softmax | linear (TIM-Net's reference)
+    init: str = "torch"  # torch | keras (TIM-Net's reference)
+    bn_momentum: float = 0.1
+    bn_eps: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class AugmentOptions:
     feature_mask_frac: float = 0.1
     mixup_alpha: float = 0.2  # 0 = off
     noise_std: float = 0.0  # gaussian noise on normalised features
-    max_frames: int = 400  # random crop of long training utterances (eval uses whole utterances)
+    max_frames: int | None = 400  # random crop of long training utterances (eval uses whole utterances); None = off
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,11 @@ class TrainConfig:
     label_smoothing: float = 0.1
     class_weights: bool = True  # inverse-frequency weights from the training part
     warmup_epochs: int = 3  # then cosine decay to 1% of lr
-    patience: int = 20  # early stopping on validation UAR
+    schedule: str = "warmup_cosine"  # warmup_cosine | constant (TIM-Net's reference)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 added to the gradient; TIM-Net: none)
+    betas: tuple[float, float] = (0.9, 0.999)  # TIM-Net's reference: (0.93, 0.98)
+    grad_clip: float | None = 5.0  # max gradient norm; None = off
+    patience: int | None = 20  # early stopping on validation UAR; None = train every epoch
     seed: int = 0
     normalization: Normalization = "train_global"
     lmmd_weight: float = 0.0  # > 0 with KFoldConfig.adapt_to: align class-conditional features with the target corpus
@@ -65,13 +77,26 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule not in SCHEDULES:
+            raise UnknownNameError("learning-rate schedule", self.schedule, SCHEDULES)
+        if self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError("optimizer", self.optimizer, OPTIMIZERS)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @staticmethod
+    def expand_mapping(data: dict) -> dict:
+        """A "preset" key (ser_dist.training.presets) expanded, the other keys on top of it."""
+        return apply_preset(data)
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        data = dict(data)
+        """From plain values; a "preset" key (see ser_dist.training.presets) is expanded first."""
+        data = apply_preset(data)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -124,7 +124,9 @@ def train_fold_worker(loop_config: dict) -> None:
                        "train_config": config.to_dict(), "normalization": config.normalization, "corpus": payload["corpus"]},
             )
             (Path(tmp) / "outcome.json").write_text(json.dumps(
-                {"history": outcome.history, "test_predictions": outcome.test_predictions, "test_report": outcome.test_report}
+                {"history": outcome.history, "test_predictions": outcome.test_predictions, "test_report": outcome.test_report,
+                 "last_epoch": outcome.last_epoch, "last_epoch_predictions": outcome.last_epoch_predictions,
+                 "last_epoch_report": outcome.last_epoch_report}
             ))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="final")
@@ -247,7 +249,6 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
         from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
 
         write_run_report(run_dir)
-        logger.info("\n%s", format_summary_table(summary))
     return summary
 
 
@@ -307,14 +308,18 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint, fingerprint: str, *, fe
     (target / "outcome.json").unlink()
     pd.DataFrame(outcome["history"]).to_csv(fold_dir / "history.csv", index=False)
     pd.DataFrame(outcome["test_predictions"]).to_csv(fold_dir / "predictions.csv", index=False)
+    if outcome.get("last_epoch_predictions"):  # the same test part with the last epoch's weights (reported, never selected on)
+        pd.DataFrame(outcome["last_epoch_predictions"]).to_csv(fold_dir / "predictions_last_epoch.csv", index=False)
     meta = json.loads((target / "checkpoint.json").read_text())
     report = outcome["test_report"]
+    last = outcome.get("last_epoch_report") or {}
     result = {
         "fold": fold.index, "fingerprint": fingerprint, "test_speakers": list(fold.test_speakers),
         "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
         "uar": report.get("uar"), "war": report.get("war"), "macro_f1": report.get("macro_f1"),
         "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
         "features": features, "feature_selection_val_uar": selection,
+        "last_epoch": outcome.get("last_epoch"), "last_epoch_uar": last.get("uar"), "last_epoch_war": last.get("war"),
         "report": report,
     }
     (fold_dir / "result.json").write_text(json.dumps(result, indent=2))  # written last: marks the fold finished
@@ -346,10 +351,31 @@ def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFold
         "fold_uar": mean_std([r["uar"] for r in results]), "fold_war": mean_std([r["war"] for r in results]),
         "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
         "train_config": config.train.to_dict(), "wall_seconds": wall_seconds, "folds_trained_this_run": n_trained,
-        "model_selection": "epoch chosen on a validation part carved from each fold's training side; test fold scored once",
+        "normalization": normalization_description(config.train.normalization),
+        "model_selection": (
+            "epoch chosen on a validation part carved from each fold's training side; test fold scored once"
+            if all(r["n_val"] for r in results) else "no validation part: the last epoch's weights are scored"
+        ),
     }
+    last_files = [run_dir / f"fold_{f.index}" / "predictions_last_epoch.csv" for f in folds]
+    if all(p.is_file() for p in last_files) and all(r["n_val"] for r in results):
+        last = pd.concat([pd.read_csv(p, dtype={"utterance_id": str}) for p in last_files], ignore_index=True)
+        last_report = classification_report(last["true"].tolist(), last["pred"].tolist(), labels)
+        summary["last_epoch"] = {
+            "uar": last_report["uar"], "war": last_report["war"], "macro_f1": last_report["macro_f1"],
+            "note": "the same test folds scored with each fold's LAST epoch (TIM-Net's published protocol); "
+                    "reported beside the validation-selected figures, never used to choose anything",
+        }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def normalization_description(mode: str) -> dict:
+    """How a run's inputs were normalised, and whether that read unlabelled test audio (transductive)."""
+    if mode == "per_speaker":
+        return {"mode": mode, "transductive": True,
+                "statistics": "each speaker's own frames (test speakers included: their unlabelled audio sets their statistics)"}
+    return {"mode": mode, "transductive": False, "statistics": "mean/std of the fold's training part only"}
 
 
 def format_summary_table(summary: dict) -> str:
@@ -359,4 +385,10 @@ def format_summary_table(summary: dict) -> str:
         lines.append(f"{f['fold']:>4} {','.join(f['test_speakers'])[:24]:<24} {f['n_test']:>4} {f['uar']:>6.3f} {f['war']:>6.3f} {f['best_epoch']:>7}")
     lines.append(f"pooled UAR {summary['uar']:.3f}  WAR {summary['war']:.3f}  macro-F1 {summary['macro_f1']:.3f}  "
                  f"fold UAR {summary['fold_uar']['mean']:.3f}±{summary['fold_uar']['std']:.3f}")
+    if summary.get("last_epoch"):
+        lines.append(f"last epoch instead of the validation-selected one: UAR {summary['last_epoch']['uar']:.3f}  "
+                     f"WAR {summary['last_epoch']['war']:.3f}")
+    norm = summary.get("normalization") or {}
+    if norm:
+        lines.append(f"normalisation: {norm['mode']} (transductive: {str(norm['transductive']).lower()})")
     return "\n".join(lines)

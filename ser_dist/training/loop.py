@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -52,15 +52,15 @@ class FoldOutcome:
     history: list[dict] = field(default_factory=list)
     test_predictions: list[dict] = field(default_factory=list)  # utterance_id, true, pred, probabilities
     test_report: dict = field(default_factory=dict)
+    last_epoch: int = 0
+    # The same test part scored with the LAST epoch's weights (TIM-Net's published protocol); for
+    # reports beside the selected epoch's figures, never used to choose anything.
+    last_epoch_predictions: list[dict] = field(default_factory=list)
+    last_epoch_report: dict = field(default_factory=dict)
 
 
 def build_model(config: TrainConfig, input_dim: int, n_classes: int) -> tuple[TimNet, TimNetConfig]:
-    options = config.model
-    model_config = TimNetConfig(
-        input_dim=input_dim, n_classes=n_classes, width=options.width, n_blocks=options.n_blocks,
-        kernel_size=options.kernel_size, dropout=options.dropout, bidirectional=options.bidirectional,
-        time_pool=options.time_pool, input_dropout=options.input_dropout,
-    )
+    model_config = TimNetConfig(input_dim=input_dim, n_classes=n_classes, **asdict(config.model))
     return TimNet(model_config), model_config
 
 
@@ -89,7 +89,9 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type="cpu", enabled=False)
 
 
-def _lr_factor(step: int, *, warmup_steps: int, total_steps: int) -> float:
+def _lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str = "warmup_cosine") -> float:
+    if schedule == "constant":
+        return 1.0
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
@@ -120,6 +122,181 @@ def _lmmd_term(model, data: FoldData, positions: np.ndarray, batch_size: int, n_
     return lmmd_loss(emb_s.float(), emb_t.float(), F.one_hot(y_s, n_classes).float(), soft_t)
 
 
+class FoldTrainer:
+    """One fold's model, optimiser and schedule, stepped from outside one epoch at a time.
+
+    `train_epoch()` runs one pass over data.train; `validate()` scores data.val and keeps the best
+    epoch's weights (validation UAR, ties broken by validation loss); `state_dict()` /
+    `load_state_dict()` capture everything needed to continue exactly (weights, optimiser, scheduler,
+    random generators, best so far, history). `fit_fold` drives it for a whole fold; a sweep trial can
+    step several FoldTrainers in one thread.
+    """
+
+    def __init__(
+        self,
+        data: FoldData,
+        config: TrainConfig,
+        *,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    ):
+        self.data, self.config = data, config
+        self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed + 1000 * rank)
+        self.generator = torch.Generator().manual_seed(config.seed + rank)
+        self.n_classes = len(data.labels)
+        model, self.model_config = build_model(config, data.input_dim, self.n_classes)
+        self.model = model.to(self.device)
+        self.trained = wrap_model(self.model)  # DDP wrapper under Ray Train with several workers
+        if config.optimizer == "adam":
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+        self.class_weights = _class_weights(data.y[data.train], self.n_classes).to(self.device) if config.class_weights else None
+        self.train_lengths = np.array([data.features[i].shape[0] for i in data.train])
+        self.steps_per_epoch = max(1, math.ceil(len(data.train) / config.batch_size) // world_size)
+        total_steps = self.steps_per_epoch * config.epochs
+        warmup = max(1, config.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: _lr_factor(s, warmup_steps=warmup, total_steps=total_steps, schedule=config.schedule)
+        )
+        self.epoch = 0
+        self.best = {"uar": -1.0, "loss": math.inf, "epoch": 0, "state": copy.deepcopy(self.model.state_dict())}
+        self.since_best = 0
+        self.history: list[dict] = []
+
+    @property
+    def should_stop(self) -> bool:
+        """True once every epoch ran, or validation UAR has not improved for `patience` epochs."""
+        patience = self.config.patience
+        return self.epoch >= self.config.epochs or (patience is not None and self.since_best >= patience)
+
+    def train_epoch(self) -> float:
+        """One pass over the training part; returns the mean training loss."""
+        config, data, aug, device = self.config, self.data, self.config.augment, self.device
+        self.epoch += 1
+        self.trained.train()
+        batches = length_buckets(self.train_lengths, config.batch_size, rng=np.random.default_rng(config.seed * 7919 + self.epoch))
+        batches = batches[: self.steps_per_epoch * self.world_size][self.rank :: self.world_size]  # equal steps on every rank
+        total_loss = 0.0
+        for batch in batches:
+            positions = data.train[batch]
+            x, lengths = collate(data.features, positions, max_frames=aug.max_frames, rng=self.rng)
+            y = torch.as_tensor(data.y[positions], dtype=torch.long)
+            if aug.time_masks or aug.feature_masks:
+                x = spec_augment(x, lengths, generator=self.generator, time_masks=aug.time_masks, time_frac=aug.time_mask_frac,
+                                 feature_masks=aug.feature_masks, feature_frac=aug.feature_mask_frac)
+            if aug.noise_std > 0:
+                x = x + aug.noise_std * torch.randn(x.shape, generator=self.generator)
+            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+            loss = self._loss(x, lengths, y, positions)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item()
+        self._train_loss = total_loss / max(1, len(batches))
+        return self._train_loss
+
+    def _loss(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        config, aug = self.config, self.config.augment
+
+        def ce(logits, target):
+            return F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=config.label_smoothing)
+
+        with _autocast(self.device):
+            if aug.mixup_alpha > 0 and len(positions) > 1:
+                lam = float(self.rng.beta(aug.mixup_alpha, aug.mixup_alpha))
+                perm = torch.as_tensor(self.rng.permutation(len(positions)), device=self.device)
+                logits = self.trained(lam * x + (1 - lam) * x[perm], torch.maximum(lengths, lengths[perm]))
+                loss = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+            else:
+                loss = ce(self.trained(x, lengths), y)
+        if config.lmmd_weight > 0 and self.data.target_features:
+            term = _lmmd_term(self.trained, self.data, positions, len(positions), self.n_classes, self.rng, aug, self.device)
+            loss = loss + _ramp(self.epoch, config.epochs) * config.lmmd_weight * term
+        return loss
+
+    def validate(self) -> dict:
+        """Score the validation part, update the best epoch; returns this epoch's metrics."""
+        data = self.data
+        metrics = {"epoch": self.epoch, "train_loss": getattr(self, "_train_loss", float("nan")), "lr": self.scheduler.get_last_lr()[0]}
+        if not len(data.val):
+            if self.config.patience is not None:
+                raise ConfigError("the validation part is empty: early stopping and epoch selection need one "
+                                  "(val_fraction > 0), or set patience: null to train every epoch and keep the last")
+            self.best = {"uar": float("nan"), "loss": math.inf, "epoch": self.epoch, "state": None}
+            self.history.append(metrics)
+            return metrics
+        # every rank scores the whole validation part, so all ranks take the same early-stopping decision
+        val_probs = predict_proba(self.model, data.features, data.val, device=self.device)
+        val_true = data.y[data.val]
+        val_loss = float(F.nll_loss(torch.log(torch.as_tensor(val_probs) + 1e-8), torch.as_tensor(val_true)))
+        report = classification_report([data.labels[i] for i in val_true], [data.labels[i] for i in val_probs.argmax(1)], data.labels)
+        metrics |= {"val_loss": val_loss, "val_uar": report["uar"], "val_war": report["war"]}
+        self.history.append(metrics)
+        best = self.best
+        if metrics["val_uar"] > best["uar"] + 1e-9 or (abs(metrics["val_uar"] - best["uar"]) <= 1e-9 and val_loss < best["loss"]):
+            self.best = {"uar": metrics["val_uar"], "loss": val_loss, "epoch": self.epoch, "state": copy.deepcopy(self.model.state_dict())}
+            self.since_best = 0
+        else:
+            self.since_best += 1
+        return metrics | {"best_epoch": self.best["epoch"], "best_val_uar": self.best["uar"]}
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch, "model": copy.deepcopy(self.model.state_dict()), "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(), "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "best": copy.deepcopy(self.best),
+            "since_best": self.since_best, "history": copy.deepcopy(self.history),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.best, self.since_best, self.history = copy.deepcopy(state["best"]), state["since_best"], copy.deepcopy(state["history"])
+
+    def score(self, positions: np.ndarray) -> tuple[list[dict], dict]:
+        """Predictions (utterance_id, true, pred, p_<class>) and a report for `positions`, with the current weights."""
+        data = self.data
+        probs = predict_proba(self.model, data.features, positions, device=self.device)
+        true = [data.labels[i] for i in data.y[positions]]
+        pred = [data.labels[i] for i in probs.argmax(1)]
+        rows = [
+            {"utterance_id": data.utterance_ids[p], "true": t, "pred": q, **{f"p_{c}": float(v) for c, v in zip(data.labels, row, strict=True)}}
+            for p, t, q, row in zip(positions, true, pred, probs, strict=True)
+        ]
+        return rows, classification_report(true, pred, data.labels)
+
+    def finish(self) -> FoldOutcome:
+        """Score the test part once with the selected epoch's weights (and, apart, with the last epoch's)."""
+        last_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        outcome_last: tuple[list[dict], dict] = ([], {})
+        if len(self.data.test):
+            outcome_last = self.score(self.data.test)
+        selected = self.best["state"] if self.best["state"] is not None else last_state
+        self.model.load_state_dict(selected)
+        outcome = FoldOutcome(
+            self.model_config, {k: v.detach().cpu().clone() for k, v in selected.items()}, self.best["epoch"], self.best["uar"],
+            self.history, last_epoch=self.epoch,
+        )
+        if len(self.data.test):
+            outcome.test_predictions, outcome.test_report = self.score(self.data.test)
+            outcome.last_epoch_predictions, outcome.last_epoch_report = outcome_last
+        return outcome
+
+
 def fit_fold(
     data: FoldData,
     config: TrainConfig,
@@ -130,95 +307,11 @@ def fit_fold(
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     on_epoch: Callable[[dict], None] = lambda metrics: None,
 ) -> FoldOutcome:
-    """Train on data.train, select the epoch on data.val (UAR), score data.test once at the end."""
-    device = torch.device(device)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed + 1000 * rank)
-    generator = torch.Generator().manual_seed(config.seed + rank)
-    n_classes = len(data.labels)
-    model, model_config = build_model(config, data.input_dim, n_classes)
-    model = model.to(device)
-    trained = wrap_model(model)  # DDP wrapper under Ray Train with several workers
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    weights = _class_weights(data.y[data.train], n_classes).to(device) if config.class_weights else None
-    aug = config.augment
-    train_lengths = np.array([data.features[i].shape[0] for i in data.train])
-    steps_per_epoch = max(1, math.ceil(len(data.train) / config.batch_size) // world_size)
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_factor(s, warmup_steps=max(1, config.warmup_epochs * steps_per_epoch), total_steps=total_steps)
-    )
-    best = {"uar": -1.0, "loss": math.inf, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
-    history: list[dict] = []
-    since_best = 0
-    for epoch in range(1, config.epochs + 1):
-        trained.train()
-        batches = length_buckets(train_lengths, config.batch_size, rng=np.random.default_rng(config.seed * 7919 + epoch))
-        batches = batches[: steps_per_epoch * world_size][rank::world_size]  # equal steps on every rank
-        total_loss = 0.0
-        for batch in batches:
-            positions = data.train[batch]
-            x, lengths = collate(data.features, positions, max_frames=aug.max_frames, rng=rng)
-            y = torch.as_tensor(data.y[positions], dtype=torch.long)
-            if aug.time_masks or aug.feature_masks:
-                x = spec_augment(x, lengths, generator=generator, time_masks=aug.time_masks, time_frac=aug.time_mask_frac,
-                                 feature_masks=aug.feature_masks, feature_frac=aug.feature_mask_frac)
-            if aug.noise_std > 0:
-                x = x + aug.noise_std * torch.randn(x.shape, generator=generator)
-            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-            with _autocast(device):
-                if aug.mixup_alpha > 0 and len(positions) > 1:
-                    lam = float(rng.beta(aug.mixup_alpha, aug.mixup_alpha))
-                    perm = torch.as_tensor(rng.permutation(len(positions)), device=device)
-                    mixed_lengths = torch.maximum(lengths, lengths[perm])
-                    logits = trained(lam * x + (1 - lam) * x[perm], mixed_lengths)
-                    loss = lam * F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=config.label_smoothing) + (
-                        1 - lam
-                    ) * F.cross_entropy(logits.float(), y[perm], weight=weights, label_smoothing=config.label_smoothing)
-                else:
-                    logits = trained(x, lengths)
-                    loss = F.cross_entropy(logits.float(), y, weight=weights, label_smoothing=config.label_smoothing)
-            if config.lmmd_weight > 0 and data.target_features:
-                loss = loss + _ramp(epoch, config.epochs) * config.lmmd_weight * _lmmd_term(trained, data, positions, len(positions), n_classes, rng, aug, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item()
-        if not len(data.val):
-            raise ConfigError("the validation part is empty: early stopping and epoch selection need one (val_fraction > 0)")
-        # every rank scores the whole validation part, so all ranks take the same early-stopping decision
-        val_probs = predict_proba(model, data.features, data.val, device=device)
-        val_true = data.y[data.val]
-        val_loss = float(F.nll_loss(torch.log(torch.as_tensor(val_probs) + 1e-8), torch.as_tensor(val_true)))
-        val_report = classification_report(
-            [data.labels[i] for i in val_true], [data.labels[i] for i in val_probs.argmax(1)], data.labels
-        )
-        metrics = {
-            "epoch": epoch, "train_loss": total_loss / max(1, len(batches)), "val_loss": val_loss,
-            "val_uar": val_report["uar"], "val_war": val_report["war"], "lr": scheduler.get_last_lr()[0],
-        }
-        history.append(metrics)
-        improved = metrics["val_uar"] > best["uar"] + 1e-9 or (abs(metrics["val_uar"] - best["uar"]) <= 1e-9 and val_loss < best["loss"])
-        if improved:
-            best = {"uar": metrics["val_uar"], "loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
-            since_best = 0
-        else:
-            since_best += 1
-        on_epoch(metrics | {"best_epoch": best["epoch"], "best_val_uar": best["uar"]})
-        if since_best >= config.patience:
-            break
+    """Train on data.train, select the epoch on data.val (UAR), score data.test once at the end.
 
-    model.load_state_dict(best["state"])
-    outcome = FoldOutcome(model_config, {k: v.detach().cpu().clone() for k, v in best["state"].items()}, best["epoch"], best["uar"], history)
-    if len(data.test):
-        probs = predict_proba(model, data.features, data.test, device=device)
-        true = [data.labels[i] for i in data.y[data.test]]
-        pred = [data.labels[i] for i in probs.argmax(1)]
-        outcome.test_predictions = [
-            {"utterance_id": data.utterance_ids[p], "true": t, "pred": q, **{f"p_{c}": float(v) for c, v in zip(data.labels, row, strict=True)}}
-            for p, t, q, row in zip(data.test, true, pred, probs, strict=True)
-        ]
-        outcome.test_report = classification_report(true, pred, data.labels)
-    return outcome
+    With an empty validation part and `patience=None` the last epoch is the selected one."""
+    trainer = FoldTrainer(data, config, device=device, rank=rank, world_size=world_size, wrap_model=wrap_model)
+    while not trainer.should_stop:
+        trainer.train_epoch()
+        on_epoch(trainer.validate())
+    return trainer.finish()

@@ -6,6 +6,8 @@ Every fold holds integer row positions (`iloc`) into the table it was made from.
 - SPEAKER_KFOLD  speakers dealt into n_folds groups of about equal utterance count.
 - LOSESSO        leave one session out (IEMOCAP): one fold per `session`.
 - KFOLD          utterance-level stratified k-fold (speaker-dependent: speakers appear on both sides).
+- KFOLD_PLAIN    utterance-level k-fold, not stratified: sklearn `KFold(n, shuffle=True, random_state=seed)`,
+                 the split of TIM-Net's reference code (seed 46 there); speaker-dependent.
 
 Validation is carved from each fold's training side. For the speaker-independent protocols it is made of
 whole training speakers (disjoint from train and test), chosen with the seed so that it holds about
@@ -26,7 +28,7 @@ from enum import StrEnum
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from ser_dist.errors import ConfigError, UnknownNameError
 
@@ -52,6 +54,7 @@ class Protocol(StrEnum):
     SPEAKER_KFOLD = "speaker_kfold"  # speaker-independent k-fold
     LOSESSO = "losesso"  # leave one session out (IEMOCAP)
     KFOLD = "kfold"  # utterance-level stratified k-fold (speaker-dependent)
+    KFOLD_PLAIN = "kfold_plain"  # utterance-level sklearn KFold(shuffle=True), as TIM-Net's code (speaker-dependent)
 
     @classmethod
     def parse(cls, value: Protocol | str) -> Protocol:
@@ -70,6 +73,8 @@ _DESCRIPTIONS: dict[Protocol, str] = {
     Protocol.SPEAKER_KFOLD: "speaker-independent k-fold: speakers split into k groups of similar size",
     Protocol.LOSESSO: "leave-one-session-out: each fold tests on one recording session",
     Protocol.KFOLD: "stratified utterance-level k-fold: speakers appear in both train and test",
+    Protocol.KFOLD_PLAIN: "utterance-level k-fold, sklearn KFold(shuffle=True, random_state=seed) as in TIM-Net's "
+    "reference code: speakers appear in both train and test",
 }
 
 
@@ -121,8 +126,9 @@ def make_folds(
     labels = table["label"].astype(str).to_numpy()
     group_values = table[groups].to_numpy() if groups is not None else None
 
-    if protocol is Protocol.KFOLD:
-        return _kfold(labels, speakers, group_values, n_folds=n_folds, seed=seed, val_fraction=val_fraction)
+    if protocol in (Protocol.KFOLD, Protocol.KFOLD_PLAIN):
+        return _kfold(labels, speakers, group_values, n_folds=n_folds, seed=seed, val_fraction=val_fraction,
+                      stratified=protocol is Protocol.KFOLD)
 
     if protocol is Protocol.LOSESSO:
         units = table["session"].astype(str).to_numpy()
@@ -278,11 +284,18 @@ def _kfold(
     n_folds: int | None,
     seed: int,
     val_fraction: float,
+    stratified: bool = True,
 ) -> list[Fold]:
     n_units = len(np.unique(group_values)) if group_values is not None else len(labels)
     _check_n_folds(n_folds, n_units, Protocol.KFOLD, "groups" if group_values is not None else "rows")
     positions = np.arange(len(labels))
-    if group_values is None:
+    if not stratified:
+        if group_values is not None and len(np.unique(group_values)) < len(group_values):
+            raise ConfigError("protocol kfold_plain splits single utterances but this table has rows that must stay "
+                              "together (e.g. duplicate recordings); use protocol kfold, which keeps them whole")
+        group_values = None
+        splits = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(positions)
+    elif group_values is None:
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(positions, labels)
     else:
