@@ -64,6 +64,10 @@ class TimNetConfig:
     init: str = "torch"  # torch defaults | keras: Glorot-uniform weights and zero biases, as the reference
     bn_momentum: float = 0.1  # torch convention (Keras' 0.99 is 0.01 here)
     bn_eps: float = 1e-5
+    # Segment inference: in eval mode an utterance longer than eval_window frames (input frames, before
+    # time pooling) is scored as overlapping windows (hop = half a window) whose logits are averaged;
+    # pairs with random-crop training (AugmentOptions.max_frames). None: whole utterances.
+    eval_window: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("input_dim", "width", "n_blocks", "kernel_size", "time_pool"):
@@ -72,6 +76,8 @@ class TimNetConfig:
                 raise ConfigError(f"TimNetConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ConfigError(f"TimNetConfig.n_classes must be an integer >= 2, got {self.n_classes!r}")
+        if self.eval_window is not None and (not isinstance(self.eval_window, int) or self.eval_window < 2):
+            raise ConfigError(f"TimNetConfig.eval_window must be an integer >= 2 or None, got {self.eval_window!r}")
         if self.fusion not in ("softmax", "linear"):
             raise ConfigError(f"TimNetConfig.fusion must be 'softmax' or 'linear', got {self.fusion!r}")
         if self.init not in ("torch", "keras"):
@@ -290,7 +296,33 @@ class TimNet(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """x (B, T, D) padded, lengths (B,) real frame counts -> logits (B, n_classes)."""
+        window = self.config.eval_window
+        if not self.training and window is not None and x.shape[1] > window:
+            return self._segment_logits(x, self._check_inputs(x, lengths), window)
         return self.classifier(self.head_dropout(self.embed(x, lengths)))  # (B, n_classes)
+
+    def _segment_logits(self, x: Tensor, lengths: Tensor, window: int) -> Tensor:
+        """Mean logits over windows of `window` frames, hop window // 2, the last one flush with the end."""
+        hop = max(1, window // 2)
+        segments, owners, segment_lengths = [], [], []
+        for b, length in enumerate(lengths.tolist()):
+            if length <= window:
+                starts = [0]
+            else:
+                starts = list(range(0, length - window + 1, hop))
+                if starts[-1] != length - window:
+                    starts.append(length - window)
+            for start in starts:
+                segments.append(x[b, start : start + min(window, length)])  # (<=window, D)
+                owners.append(b)
+                segment_lengths.append(min(window, length))
+        batch = nn.utils.rnn.pad_sequence(segments, batch_first=True)  # (S, <=window, D)
+        seg_lengths = torch.tensor(segment_lengths, device=x.device)
+        logits = self.classifier(self.head_dropout(self.embed(batch, seg_lengths)))  # (S, n_classes)
+        owner = torch.tensor(owners, device=x.device)
+        total = torch.zeros(x.shape[0], logits.shape[1], device=x.device, dtype=logits.dtype).index_add_(0, owner, logits)
+        counts = torch.bincount(owner, minlength=x.shape[0]).to(logits.dtype)
+        return total / counts[:, None]  # (B, n_classes)
 
     def block_weights(self) -> list[float]:
         """The fusion weight of each block (scale); they sum to 1 with softmax fusion."""

@@ -30,6 +30,7 @@ class ModelOptions:
     init: str = "torch"  # torch | keras (TIM-Net's reference)
     bn_momentum: float = 0.1
     bn_eps: float = 1e-5
+    eval_window: int | None = None  # score long utterances as averaged windows of this many frames
 
 
 @dataclass(frozen=True)
