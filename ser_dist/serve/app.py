@@ -11,8 +11,7 @@ Inference is `Predictor.probabilities` (the same features, normalisation and ens
 ser_dist.serve.app:build_app`, see deploy/serve_config.yaml), or with `ser-dist serve`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
 import asyncio
 import logging
 from dataclasses import dataclass, field, fields
@@ -48,7 +47,7 @@ class ServeAppConfig:
     limits: RequestLimits = field(default_factory=RequestLimits)
 
     @classmethod
-    def from_args(cls, args: dict) -> ServeAppConfig:
+    def from_args(cls, args: dict) -> "ServeAppConfig":
         valid = {f.name for f in fields(cls)} | {f.name for f in fields(RequestLimits)}
         unknown = sorted(set(args) - valid)
         if unknown or "model" not in args:
