@@ -2,14 +2,16 @@
 
 One description shared by the ONNX export (export.json) and the Serve application (GET /model).
 The protocol and scores come from the run folder's `summary.json` (or `run_config.json` while a run
-has no summary); a lone checkpoint folder inside `fold_<k>/` belongs to the run two levels up.
+has no summary), found by `ser_dist.runs.RunFolder.of`: a lone checkpoint folder inside `fold_<k>/` belongs to
+the run two levels up.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ser_dist.runs import RunFolder
 
 if TYPE_CHECKING:
     from ser_dist.prediction.predictor import Predictor
@@ -26,12 +28,12 @@ def normalization_name(predictor: Predictor) -> str:
 def model_card(predictor: Predictor) -> dict:
     features = predictor.feature_config
     source = Path(predictor.source)
-    run_dir = _run_dir(source)
-    summary = _read(run_dir / "summary.json") if run_dir else {}
-    run_config = _read(run_dir / "run_config.json") if run_dir else {}
+    run = RunFolder.of(source)
+    summary = run.read_summary() if run and run.has_summary() else {}
+    run_config = run.read_run_config() if run else {}
     modes = ["per_speaker" if m.per_utterance_norm else "train_global" for m in predictor.members]
     return {
-        "name": run_dir.name if run_dir else source.name,
+        "name": run.name if run else source.name,
         "source": str(source),
         "labels": list(predictor.labels),
         "feature_spec": {
@@ -52,14 +54,3 @@ def model_card(predictor: Predictor) -> dict:
         "scores": {k: summary[k] for k in SCORE_KEYS if k in summary} or None,
     }
 
-
-def _run_dir(source: Path) -> Path | None:
-    if any(source.glob("fold_*")):
-        return source
-    if source.parent.name.startswith("fold_"):
-        return source.parent.parent
-    return None
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -36,6 +36,7 @@ from ser_dist.prediction.segmentation import (
     VoiceActivityDetector,
     segment_signal,
 )
+from ser_dist.runs import RunFolder
 from ser_dist.training.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
 from ser_dist.training.data import Standardizer
 from ser_dist.training.loop import predict_proba
@@ -227,23 +228,12 @@ def checkpoint_folders(directory: Path) -> list[Path]:
         raise ModelLoadError(f"{directory}: no such folder; expected a checkpoint folder or a run folder runs/<name>")
     if (directory / META_FILE).exists() or (directory / WEIGHTS_FILE).exists():
         return [directory]  # load_checkpoint says what is missing
-    folds = sorted((p for p in directory.glob("fold_*") if p.is_dir()), key=_fold_index)
+    folds = RunFolder(directory).fold_checkpoints()  # ModelLoadError names unfinished folds
     if not folds:
         raise ModelLoadError(
             f"{directory} is neither a checkpoint folder ({META_FILE} + {WEIGHTS_FILE}) nor a run folder (fold_<k>/checkpoint/)"
         )
-    unfinished = [p.name for p in folds if not (p / "checkpoint").is_dir()]
-    if unfinished:
-        raise ModelLoadError(
-            f"{directory}: {', '.join(unfinished)} of {len(folds)} folds have no checkpoint/ (run not finished?); "
-            f"finish the run or point --model at one fold's checkpoint folder"
-        )
-    return [p / "checkpoint" for p in folds]
-
-
-def _fold_index(path: Path) -> tuple[int, str]:
-    suffix = path.name.removeprefix("fold_")
-    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
+    return [checkpoint.local_path for _, checkpoint in folds]
 
 
 def _feature_config(stored: dict, directory: Path, *, ssl_model: str | None) -> FeatureConfig:
