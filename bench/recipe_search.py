@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--data-root", type=Path, default=SHARED / "data")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--name", default="recipe_search", help="result file name under bench/results (one per concurrent process)")
     args = parser.parse_args()
     if args.list:
         print(json.dumps(CANDIDATES, indent=1))
@@ -92,7 +93,7 @@ def main() -> None:
     from ser_dist.training.metrics import classification_report, mean_std
     from ser_dist.training.splits import make_folds
 
-    out_path = RESULTS_DIR / "recipe_search.json"
+    out_path = RESULTS_DIR / f"{args.name}.json"
     done = json.loads(out_path.read_text())["results"] if out_path.is_file() else []
     results = list(done)
     for name in args.candidates:
@@ -123,7 +124,7 @@ def main() -> None:
             results.append(entry)
             print(f"{name} seed {seed}: val UAR {entry['val_uar']['mean']:.3f} | test UAR {report['uar']:.3f} "
                   f"WAR {report['war']:.3f} | {entry['wall_s']} s", flush=True)
-            write_result("recipe_search", {"protocol": "EMODB LOSO (10 folds), validation speakers carved from each training side",
+            write_result(args.name, {"protocol": "EMODB LOSO (10 folds), validation speakers carved from each training side",
                                            "selection_rule": "highest mean validation UAR; test UAR never used to choose",
                                            "results": results, "ranking": ranking(results)})
 

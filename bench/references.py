@@ -218,7 +218,7 @@ def svm_on_folds(
         report = classification_report(labels[fold.test], predicted, classes)
         fold_rows.append({
             "fold": fold.index, "test_speakers": ",".join(fold.test_speakers), "C": chosen, "val_uar": val_uar,
-            "uar": report["uar"], "war": report["war"], "n_test": len(fold.test),
+            "uar": report["uar"], "war": report["war"], "n_test": len(fold.test), "predicted": predicted.tolist(),
         })
         true_all.append(labels[fold.test])
         predicted_all.append(predicted)
@@ -226,7 +226,8 @@ def svm_on_folds(
 
     pooled = classification_report(np.concatenate(true_all), np.concatenate(predicted_all), classes)
     return {
-        "folds": fold_rows,
+        "folds": [{k: v for k, v in row.items() if k != "predicted"} for row in fold_rows],
+        "fold_predictions": [row["predicted"] for row in fold_rows],
         "uar": pooled["uar"],
         "war": pooled["war"],
         "macro_f1": pooled["macro_f1"],
@@ -264,6 +265,49 @@ def pooled_svm_on_folds(
         raise ConfigError(f"feature matrices differ in dimension D: {dims}; pool one feature type at a time")
     result = svm_on_folds(pooled_statistics(matrices), labels, folds, **svm_options)
     return {**result, "pooling": f"mean+std over frames of {dims[0]}-d frames"}
+
+
+def per_speaker_standardised(X: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
+    """Each row z-normalised with the mean/std of its own speaker's rows (TRANSDUCTIVE: a test speaker's
+    unlabelled rows set its statistics; labels are never read)."""
+    X = np.asarray(X, dtype=np.float64)
+    speakers = np.asarray(speakers).astype(str)
+    out = np.empty_like(X)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        mean, std = X[rows].mean(axis=0), X[rows].std(axis=0)
+        out[rows] = (X[rows] - mean) / np.where(std > 1e-8, std, 1.0)
+    return out
+
+
+def svm_choose_candidate_on_folds(
+    candidates: dict[str, np.ndarray], labels: np.ndarray | Sequence[str], folds: Sequence[Fold], **svm_options
+) -> dict:
+    """For each fold, the candidate feature matrix (e.g. one encoder layer each) with the best VALIDATION
+    UAR (C chosen on validation as in svm_on_folds) scores that fold's test part. The test part never
+    takes part in the choice. Returns pooled/fold scores like svm_on_folds plus "chosen" per fold."""
+    labels = np.asarray(labels).astype(str)
+    classes = sorted(set(labels))
+    results = {name: svm_on_folds(X, labels, folds, **svm_options) for name, X in candidates.items()}
+    names = list(candidates)
+    chosen, true_all, predicted_all, fold_rows = [], [], [], []
+    for k, fold in enumerate(folds):
+        val = [results[n]["folds"][k]["val_uar"] for n in names]
+        if any(v is None for v in val):
+            raise ConfigError(f"fold {fold.index} has no validation part to choose a candidate on")
+        best = names[int(np.argmax(val))]  # first in order wins ties
+        predicted = np.asarray(results[best]["fold_predictions"][k])
+        report = classification_report(labels[fold.test], predicted, classes)
+        chosen.append(best)
+        true_all.append(labels[fold.test])
+        predicted_all.append(predicted)
+        fold_rows.append({"fold": fold.index, "chosen": best, "val_uar": dict(zip(names, val, strict=True)),
+                          "uar": report["uar"], "war": report["war"], "n_test": len(fold.test)})
+    pooled = classification_report(np.concatenate(true_all), np.concatenate(predicted_all), classes)
+    return {"folds": fold_rows, "chosen": chosen, "uar": pooled["uar"], "war": pooled["war"], "macro_f1": pooled["macro_f1"],
+            "n_test": pooled["n"], "fold_uar": mean_std([r["uar"] for r in fold_rows]),
+            "fold_war": mean_std([r["war"] for r in fold_rows]),
+            "per_candidate_test_uar_not_used_to_choose": {n: results[n]["uar"] for n in names}}
 
 
 def _fit_predict(
