@@ -220,6 +220,11 @@ def _add_predict(sub) -> None:
                    help="with --timeline: voice activity (silero-vad) or fixed windows (default: %(default)s)")
     p.add_argument("--window-s", type=float, default=_default(SegmentationConfig, "window_s"), help="fixed window length (default: %(default)s)")
     p.add_argument("--hop-s", type=float, default=_default(SegmentationConfig, "hop_s"), help="fixed window step (default: %(default)s)")
+    p.add_argument("--speaker-column", default=None,
+                   help="the paths are CSV tables with a 'path' column and this speaker column; a model trained with "
+                        "per-speaker normalisation then normalises each speaker by all of that speaker's files")
+    p.add_argument("--normalization", choices=["utterance"], default=None,
+                   help="utterance: let a per-speaker model score files without speakers, each by its own statistics (an approximation)")
     p.set_defaults(run=_run_predict)
 
 
@@ -227,7 +232,8 @@ def _run_predict(args) -> None:
     from ser_dist.prediction import predict_paths
 
     table = predict_paths(args.paths, args.model, out=args.out, timeline=args.timeline, segmenter=args.segmenter,
-                          window_s=args.window_s, hop_s=args.hop_s)
+                          window_s=args.window_s, hop_s=args.hop_s, speaker_column=args.speaker_column,
+                          normalization=args.normalization)
     if args.out is None:
         print(table.to_string(index=False))
     else:

@@ -66,3 +66,7 @@ class ConfigError(SerDistError, ValueError):
 
 class ConfigFileNotFoundError(SerDistError, FileNotFoundError):
     """A file the user named as configuration (e.g. a label map) does not exist."""
+
+
+class SpeakerStatisticsError(ConfigError):
+    """A model trained with per-speaker normalisation got an input without its speaker's statistics."""

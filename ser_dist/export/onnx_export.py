@@ -252,6 +252,8 @@ def export_onnx(config: ExportConfig) -> Path:
                   "ensemble": card["ensemble"], "float16_rounding": features.storage_dtype == "float16"},
         "normalization": card["normalization"] | {
             "applied_in_graph": True,
+            "per_speaker_members_in_graph": "each input standardised by its own statistics (utterance normalisation: "
+                                            "the graph has no speaker statistics; an approximation of per-speaker training)",
             "statistics": [{"mean": m.standardizer.mean.tolist(), "std": m.standardizer.std.tolist()} for m in predictor.members],
         },
         "protocol": card["protocol"],

@@ -66,14 +66,17 @@ def _error(status: int, message: str) -> JSONResponse:
 @serve.ingress(api)
 class EmotionRecognizer:
     def __init__(self, config: ServeAppConfig):
-        from ser_dist.prediction.card import model_card, normalization_name
+        from ser_dist.prediction.card import model_card
         from ser_dist.prediction.predictor import Predictor
 
         self.config = config
+        # a per-speaker model scores each request by its own statistics (no speaker enrolment here); every
+        # answer says so in "normalization"
         self.predictor = Predictor.from_dir(self.config.model, device=self.config.device,
-                                            batch_size=max(1, self.config.max_batch_size))
+                                            batch_size=max(1, self.config.max_batch_size), normalization="utterance")
         self.card = model_card(self.predictor) | {"limits": describe_limits(self.config.limits)}
-        self.normalization = normalization_name(self.predictor)
+        self.normalization = self.predictor.input_normalization(None)  # train_global, or utterance for per-speaker models
+        self.card["normalization_at_serving"] = self.normalization
         self._batched.set_max_batch_size(max(1, self.config.max_batch_size))
         self._batched.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
         self.batch_sizes: list[int] = []  # sizes of the batches run, for /stats
