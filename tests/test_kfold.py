@@ -1,4 +1,5 @@
-"""k-fold training on a local Ray cluster: isolation, training-only statistics, exact checkpoints, resume."""
+"""k-fold training on a local Ray cluster: isolation, training-only statistics, exact checkpoints, resume,
+the folds recorded in folds.json, the normalisation block, and LMMD that changes what is learned."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ser_dist.errors import ConfigError
 from ser_dist.features.compute import FeatureComputer
 from ser_dist.features.config import FeatureConfig
 from ser_dist.features.store import features_to_table, load_features, write_metadata, write_part_atomically
+from ser_dist.runs import RunFolder
 from ser_dist.training.checkpoint import load_checkpoint
 from ser_dist.training.config import AugmentOptions, ModelOptions, TrainConfig
 from ser_dist.training.data import Standardizer, collate
@@ -69,13 +71,19 @@ def test_speaker_kfold_end_to_end(ray_cluster, small_features, tmp_path):
 
     folds = make_folds(table.meta.assign(duplicate_group=duplicate_groups(table)), protocol="speaker_kfold", n_folds=2, seed=0,
                        val_fraction=0.15, groups="duplicate_group")
+    recorded = RunFolder(run_dir).read_folds()  # folds.json: the same splits, by utterance id
+    assert recorded.protocol == summary["protocol"] and recorded.seed == 0 and len(recorded.folds) == len(folds)
+    utterances = table.meta["utterance_id"]
     for fold in folds:
         fold_dir = run_dir / f"fold_{fold.index}"
         speakers = table.meta["speaker"].to_numpy()
         # fold isolation: no test speaker (and no test utterance) in the train or validation part
         assert not set(speakers[fold.test]) & set(speakers[np.concatenate([fold.train, fold.val])])
-        predictions = pd.read_csv(fold_dir / "predictions.csv")
-        assert set(predictions["utterance_id"]) == set(table.meta["utterance_id"].iloc[fold.test])
+        predictions = pd.read_csv(fold_dir / "predictions.csv", dtype={"utterance_id": str})
+        assert set(predictions["utterance_id"]) == set(utterances.iloc[fold.test])
+        record = recorded.fold(fold.index)
+        assert (set(record.train), set(record.val), set(record.test)) == tuple(set(utterances.iloc[p]) for p in (fold.train, fold.val, fold.test))
+        assert record.test_speakers == fold.test_speakers == tuple(summary["folds"][fold.index]["test_speakers"])
 
         # normalisation statistics are those of the training part alone
         loaded = load_checkpoint(fold_dir / "checkpoint", expected_feature_type="LOGMEL")
@@ -101,7 +109,7 @@ def test_speaker_kfold_end_to_end(ray_cluster, small_features, tmp_path):
         assert len(history) == 4
         assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]  # loss falls
 
-    # a rerun skips the finished folds
+    # a rerun skips the finished folds (and takes its folds from folds.json)
     again = run_kfold(config)
     assert again["folds_trained_this_run"] == 0 and again["uar"] == summary["uar"]
     # the same run name with another configuration is refused instead of mixed
@@ -110,17 +118,65 @@ def test_speaker_kfold_end_to_end(ray_cluster, small_features, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["run"] == "run"
 
 
+def test_per_speaker_run_is_transductive_and_folds_json_matches_predictions(ray_cluster, small_features, tmp_path):
+    config = KFoldConfig(features_path=str(small_features), protocol="speaker_kfold", n_folds=2, out=str(tmp_path), name="ps",
+                         train=tiny_train(epochs=1, normalization="per_speaker"))
+    summary = run_kfold(config)
+    # test speakers' unlabelled audio set their own statistics: the summary says so
+    assert summary["normalization"]["mode"] == "per_speaker" and summary["normalization"]["transductive"] is True
+    assert "test speakers" in summary["normalization"]["statistics"]
+    run = RunFolder(tmp_path / "ps")
+    recorded = run.read_folds()
+    assert [f.index for f in recorded.folds] == [0, 1]
+    all_ids = set(load_features(small_features).meta["utterance_id"])
+    assert set().union(*(set(f.test) for f in recorded.folds)) == all_ids  # every utterance tested once
+    for record in recorded.folds:
+        tested = run.read_predictions(record.index)["utterance_id"]
+        assert len(tested) == len(record.test) and set(tested) == set(record.test)
+        assert not set(record.test) & set(record.train) and not set(record.test) & set(record.val)
+        assert set(record.train) | set(record.val) | set(record.test) == all_ids
+
+
 def test_full_corpus_model_with_lmmd_adaptation(ray_cluster, small_features, tmp_path, ravdess_root):
+    """LMMD (weight > 0) changes the learned weights and embedding against weight 0 under the same seed.
+
+    No validation part (the last epoch's weights are kept, so epoch selection cannot differ), no random
+    crops or mixup (the generator LMMD draws target batches from is used by nothing else): the two runs
+    differ only by the LMMD gradient, and two runs without it are identical (the control)."""
     ravdess = prepare("RAVDESS", ravdess_root)
     ravdess = ravdess[ravdess["speaker"].isin(["RAVDESS_01", "RAVDESS_02"])].groupby("label").head(1)
     target = store_small(tmp_path / "RAVDESS_LOGMEL" / "v_x", ravdess.reset_index(drop=True))
-    config = KFoldConfig(features_path=str(small_features), protocol="full", out=str(tmp_path), name="full",
-                         adapt_to=str(target), train=tiny_train(epochs=2, lmmd_weight=1.0))
-    summary = run_kfold(config)
+    quiet = AugmentOptions(time_masks=0, feature_masks=0, mixup_alpha=0.0, max_frames=None)
+
+    def train(name: str, weight: float):
+        config = KFoldConfig(features_path=str(small_features), protocol="full", out=str(tmp_path), name=name, val_fraction=0.0,
+                             adapt_to=str(target) if weight else None,
+                             train=tiny_train(epochs=2, patience=None, augment=quiet, lmmd_weight=weight))
+        return run_kfold(config), load_checkpoint(tmp_path / name / "fold_0" / "checkpoint")
+
+    summary, adapted = train("lmmd", 1.0)
     assert summary["protocol"]["protocol"] == "full" and summary["folds"][0]["n_test"] == 0
-    loaded = load_checkpoint(tmp_path / "full" / "fold_0" / "checkpoint")
-    assert loaded.labels == sorted(load_features(small_features).meta["label"].unique())
-    history = pd.read_csv(tmp_path / "full" / "fold_0" / "history.csv")
+    assert adapted.labels == sorted(load_features(small_features).meta["label"].unique())
+    history = pd.read_csv(tmp_path / "lmmd" / "fold_0" / "history.csv")
     assert len(history) == 2 and np.isfinite(history["train_loss"]).all()
+    _, plain = train("plain", 0.0)
+    _, plain_again = train("plain_again", 0.0)
+
+    def parameters(loaded) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy() for k, v in loaded.model.named_parameters()}
+
+    def embeddings(loaded) -> np.ndarray:
+        features = load_features(target).features
+        x, lengths = collate([loaded.standardizer.apply(m) for m in features], np.arange(len(features)))
+        with torch.no_grad():
+            return loaded.model.eval().embed(x, lengths).numpy()
+
+    base, again, moved = parameters(plain), parameters(plain_again), parameters(adapted)
+    for name in base:  # control: without LMMD the same seed gives the same weights
+        np.testing.assert_allclose(again[name], base[name], rtol=0, atol=1e-6, err_msg=name)
+    shift = max(float(np.abs(moved[name] - base[name]).max()) for name in base)
+    assert shift > 1e-3, f"LMMD (weight 1.0) left the weights where weight 0 put them (largest change {shift:.2e})"
+    assert np.abs(embeddings(adapted) - embeddings(plain)).mean() > 1e-3
+    np.testing.assert_allclose(embeddings(plain_again), embeddings(plain), atol=1e-5)
     with pytest.raises(ConfigError, match="lmmd_weight"):
         run_kfold(KFoldConfig(features_path=str(small_features), protocol="full", out=str(tmp_path), name="x", adapt_to=str(target), train=tiny_train()))

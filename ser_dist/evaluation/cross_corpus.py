@@ -49,6 +49,7 @@ from ser_dist.evaluation.mapping import (
 )
 from ser_dist.features.config import FeatureConfig, FeatureType, LogMelConfig
 from ser_dist.features.store import FeatureTable, load_features, read_metadata, resolve_version, version_dir
+from ser_dist.runs import FULL_MODEL, RunFolder
 from ser_dist.storage import StagedDirectory, as_location
 from ser_dist.training.checkpoint import META_FILE, LoadedModel, load_checkpoint
 from ser_dist.training.data import Standardizer, normalise_per_speaker
@@ -57,9 +58,7 @@ from ser_dist.training.metrics import classification_report
 
 logger = logging.getLogger(__name__)
 
-FULL_MODEL_DIR = "full"  # <run>/full/checkpoint: one model trained on the whole source corpus
-RUN_CONFIG = "run_config.json"
-SUMMARY = "summary.json"
+FULL_MODEL_DIR = FULL_MODEL  # <run>/full/checkpoint: one model trained on the whole source corpus
 PREDICTIONS_CSV = "predictions.csv"
 MATRIX_CSV, MATRIX_JSON, MATRIX_PNG = "matrix.csv", "matrix.json", "matrix.png"
 CHUNK = 256  # target utterances normalised at a time (bounds memory for large corpora)
@@ -322,40 +321,25 @@ def checkpoint_folders(source: Path, mode: EvaluationMode) -> list[tuple[str, Pa
     if mode is EvaluationMode.SINGLE:
         if is_checkpoint:
             return [(source.parent.name if source.name == "checkpoint" else source.name, source)]
-        full = source / FULL_MODEL_DIR / "checkpoint"
+        full = RunFolder(source).full_checkpoint_dir
         if full.is_dir():
-            return [(FULL_MODEL_DIR, full)]
+            return [(FULL_MODEL_DIR, full.local_path)]
         raise ModelLoadError(
             f"{source} has no {FULL_MODEL_DIR}/checkpoint (a model trained on the whole source corpus); pass a checkpoint "
             f"folder instead (e.g. {source / 'fold_0' / 'checkpoint'}) or use mode 'fold_ensemble'"
         )
     if is_checkpoint:
         raise ConfigError(f"{source} is one checkpoint folder; mode 'fold_ensemble' needs a run folder (fold_<k>/checkpoint/), or use mode 'single'")
-    folds = sorted((p for p in source.glob("fold_*") if p.is_dir()), key=_fold_index)
+    folds = RunFolder(source).fold_checkpoints()  # ModelLoadError names unfinished folds
     if not folds:
         raise ModelLoadError(f"{source} holds no fold_<k>/checkpoint/ folders: it is not a finished k-fold run")
-    unfinished = [p.name for p in folds if not (p / "checkpoint" / META_FILE).is_file()]
-    if unfinished:
-        raise ModelLoadError(f"{source}: {', '.join(unfinished)} of {len(folds)} folds have no checkpoint (run not finished?)")
-    return [(p.name, p / "checkpoint") for p in folds]
-
-
-def _fold_index(path: Path) -> tuple[int, str]:
-    suffix = path.name.removeprefix("fold_")
-    return (int(suffix), "") if suffix.isdigit() else (1 << 30, suffix)
-
-
-def _run_dir(source: Path) -> Path:
-    """The run folder of a run folder, or of a checkpoint folder inside it (<run>/<fold or full>/checkpoint)."""
-    for candidate in (source, source.parent, source.parent.parent):
-        if (candidate / RUN_CONFIG).is_file() or (candidate / SUMMARY).is_file():
-            return candidate
-    return source
+    return [(name, checkpoint.local_path) for name, checkpoint in folds]
 
 
 def _run_config(source: Path) -> dict:
-    path = _run_dir(source) / RUN_CONFIG
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """run_config.json of the run that `source` (a run folder or a checkpoint folder inside one) belongs to."""
+    run = RunFolder.of(source)
+    return run.read_run_config() if run else {}
 
 
 # ------------------------------------------------------------------------------------ reports
@@ -502,10 +486,10 @@ def _evaluate_cross_corpus(config: EvaluationConfig) -> dict:
 
 def in_corpus_uar(source_run: Path | str) -> float:
     """Pooled test UAR of the source run's own k-fold evaluation (summary.json); NaN when there is none."""
-    path = _run_dir(Path(source_run)) / SUMMARY
-    if not path.is_file():
+    run = RunFolder.of(source_run)
+    if run is None or not run.has_summary():
         return float("nan")
-    value = json.loads(path.read_text()).get("uar")
+    value = run.read_summary().get("uar")
     return float(value) if value is not None else float("nan")
 
 

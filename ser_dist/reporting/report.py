@@ -30,6 +30,7 @@ from openpyxl.styles import Font
 
 from ser_dist.errors import ConfigError
 from ser_dist.reporting.plots import confusion_png, curves_png
+from ser_dist.runs import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -73,26 +74,26 @@ def write_report(out_dir: Path | str, report: dict, *, histories: Mapping[str, p
     return paths
 
 
-def write_run_report(run_dir: Path | str) -> dict:
+def write_run_report(run_dir: Path | str | RunFolder) -> dict:
     """Report of a finished k-fold run folder (summary.json, run_config.json, fold_<k>/); returns the report dict.
 
     Writes run_dir/report.json, report.xlsx, confusion.png and curves.png. The pooled numbers come
     from summary.json, the per-fold rows from each fold's result.json, the curves from history.csv,
     and the skipped files from the feature metadata recorded in run_config.json.
     """
-    run_dir = Path(run_dir)
-    summary = _read_json(run_dir / "summary.json", hint="the run has not finished; run_kfold writes it after the last fold")
-    run_config_path = run_dir / "run_config.json"
-    run_config = _read_json(run_config_path) if run_config_path.is_file() else {}
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    run_dir = run.local
+    summary = run.read_summary()
+    run_config = run.read_run_config()
     if not run_config:
-        logger.warning("%s is missing: the report's config and skipped sheets will be empty", run_config_path)
+        logger.warning("%s is missing: the report's config and skipped sheets will be empty", run.run_config_file.redacted())
 
     results, histories = [], {}
     for fold in summary.get("folds", []):
-        fold_dir = run_dir / f"fold_{fold['fold']}"
-        results.append(_read_json(fold_dir / "result.json", hint="the fold has not finished; rerun the same run to train it"))
-        if (fold_dir / "history.csv").is_file():
-            histories[fold_dir.name] = pd.read_csv(fold_dir / "history.csv")
+        results.append(run.read_result(fold["fold"]))
+        history = run.read_history(fold["fold"])
+        if history is not None:
+            histories[run.fold_dir(fold["fold"]).name] = history
     n_test = summary.get("n_test")
     if results and sum(r["n_test"] for r in results) != n_test:
         raise ConfigError(
@@ -284,12 +285,6 @@ def _jsonable(value: object) -> object:
     if value is None or isinstance(value, bool | int | str):
         return value
     return str(value)
-
-
-def _read_json(path: Path, *, hint: str = "") -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing" + (f"; {hint}" if hint else ""))
-    return json.loads(path.read_text())
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -5,11 +5,10 @@ is called from its own zero-CPU Ray task, so the folds overlap as far as the clu
 allow (see ../shared/notes/ray-2.60.md). A finished fold leaves `fold_<k>/result.json`; a rerun of
 the same run skips it and trains only the folds that are missing.
 
-Run folder::
-
-    runs/<name>/run_config.json
-    runs/<name>/fold_<k>/{checkpoint/, history.csv, predictions.csv, result.json}
-    runs/<name>/summary.json
+The run folder's layout (run_config.json, folds.json, fold_<k>/{checkpoint/, history.csv,
+predictions.csv, predictions_last_epoch.csv, result.json}, summary.json, report.*) belongs to
+`ser_dist.runs.RunFolder`; this module writes through it. `folds.json` records each fold's
+train/validation/test utterance ids; a rerun of the same configuration takes its folds from there.
 
 `out` is a local folder or a URI (`s3://bucket/runs`): Ray Train's `storage_path` is then
 `<out>/<name>/ray` on that store, and the run's own files are written in a local mirror that is
@@ -32,6 +31,7 @@ import pandas as pd
 
 from ser_dist.errors import ConfigError
 from ser_dist.features.store import FeatureTable, load_features
+from ser_dist.runs import RunFolder, RunFolds
 from ser_dist.storage import Location, StagedDirectory, as_location
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.metrics import classification_report, mean_std
@@ -59,6 +59,25 @@ class KFoldConfig:
     adapt_to: str | None = None
     target_normalization: str = "source"  # source: the fold's training statistics; target: the target's own
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Per-fold TrainConfig overrides on top of `train` ({fold: {"lr": ..., "model": {"width": ...}}}), e.g. the
+    # config a nested sweep chose for each outer fold; recorded in each fold's result.json and in summary.json.
+    fold_train: dict[int, dict] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "fold_train", {int(k): dict(v) for k, v in (self.fold_train or {}).items()})
+        for fold, overrides in self.fold_train.items():
+            fixed = sorted(set(overrides) & FOLD_FIXED_KEYS)
+            if fixed:
+                raise ConfigError(f"fold_train[{fold}] sets {fixed}: resources are the same for every fold; set them in train")
+            try:
+                apply_train_overrides(self.train, overrides)
+            except (ConfigError, TypeError) as exc:
+                raise ConfigError(f"fold_train[{fold}]: {exc}") from exc
+
+    def train_for(self, fold: int) -> TrainConfig:
+        """The training config of fold `fold`: `train` with its `fold_train` overrides."""
+        overrides = self.fold_train.get(int(fold))
+        return apply_train_overrides(self.train, overrides) if overrides else self.train
 
     def run_name(self, dataset: str) -> str:
         if self.name:
@@ -70,7 +89,20 @@ class KFoldConfig:
         """Hash of everything that changes a fold's result (not the output location)."""
         blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name")}
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
+        if not blob["fold_train"]:
+            del blob["fold_train"]  # runs from before per-fold overrides keep their fingerprint
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+FOLD_FIXED_KEYS = frozenset({"num_workers", "use_gpu", "cpus_per_worker", "max_concurrent_folds"})
+
+
+def apply_train_overrides(base: TrainConfig, overrides: dict) -> TrainConfig:
+    """`base` with `overrides` put in; "model" and "augment" take partial dicts of their own fields."""
+    data = base.to_dict()
+    for key, value in overrides.items():
+        data[key] = {**data[key], **value} if key in ("model", "augment") and isinstance(value, dict) else value
+    return TrainConfig.from_dict(data)
 
 
 def duplicate_groups(table: FeatureTable) -> np.ndarray:
@@ -172,16 +204,14 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
     from ser_dist.ray_runtime import cluster_has_gpu, ensure_ray
 
     run_dir = staged.local
+    run = RunFolder(run_dir)
     fingerprint = config.fingerprint()
     groups = duplicate_groups(table)
     meta = table.meta.assign(duplicate_group=groups)
     n_dup = int(len(groups) - len(set(groups)))
     if n_dup:
         logger.info("%d duplicate recording(s) found: kept on the same side of every split", n_dup)
-    if config.protocol == "full":
-        folds = [full_training_fold(meta, seed=config.seed, val_fraction=config.val_fraction)]
-    else:
-        folds = make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction, groups="duplicate_group")
+    folds = _folds(run, config, meta, fingerprint)
     if config.adapt_to and config.train.lmmd_weight <= 0:
         raise ConfigError("adapt_to needs train.lmmd_weight > 0 (the weight of the LMMD term)")
     if config.train.lmmd_weight > 0 and config.train.num_workers > 1:
@@ -191,11 +221,12 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
     labels = sorted(meta["label"].unique())
     tables = [table] + [_aligned(load_features(path), table) for path in config.candidate_features]
     choice = _choose_features(tables, meta, folds) if len(tables) > 1 else {f.index: (0, []) for f in folds}
-    (run_dir / "run_config.json").write_text(json.dumps(
-        {"kfold": asdict(config), "fingerprint": fingerprint, "features": str(table.path), "feature_metadata": table.metadata,
-         "labels": labels, "protocol": _describe(config, len(folds))}, indent=2, default=str))
+    pending = [f for f in folds if not _fold_done(run, f.index, fingerprint)]  # refuses a folder of another configuration
+    run.write_run_config({"kfold": asdict(config), "fingerprint": fingerprint, "features": str(table.path),
+                          "feature_metadata": table.metadata, "labels": labels, "protocol": _describe(config, len(folds))})
+    run.write_folds(RunFolds.from_folds(folds, meta["utterance_id"].tolist(), protocol=_describe(config, len(folds)), seed=config.seed,
+                                        val_fraction=config.val_fraction, fingerprint=fingerprint))
 
-    pending = [f for f in folds if not _fold_done(run_dir, f.index, fingerprint)]
     if len(pending) < len(folds):
         logger.info("%d of %d folds already finished in %s; training the other %d", len(folds) - len(pending), len(folds), run_dir, len(pending))
     if pending:
@@ -231,7 +262,7 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
                 fold = queue.pop(0)
                 loop_config = {
                     "payload": payloads[choice[fold.index][0]], "target": target, "target_normalization": config.target_normalization,
-                    "train": train.to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
+                    "train": config.train_for(fold.index).to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
                 }
                 ref = remote.remote(loop_config, train_dict, location / "ray", fold.index)
@@ -240,10 +271,11 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
             done, _ = ray.wait(list(running), num_returns=1)
             fold = running.pop(done[0])
             checkpoint = ray.get(done[0])
-            result = _collect_fold(run_dir, fold, checkpoint, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1])
+            result = _collect_fold(run, fold, checkpoint, fingerprint, features=str(tables[choice[fold.index][0]].path), selection=choice[fold.index][1],
+                                   train_overrides=config.fold_train.get(fold.index, {}))
             staged.sync()  # a remote run folder gets each finished fold right away
             logger.info("fold %d done: test UAR %s WAR %s (best epoch %d, val UAR %.3f)", fold.index, _fmt(result["uar"]), _fmt(result["war"]), result["best_epoch"], result["best_val_uar"])
-    summary = summarise(run_dir, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending),
+    summary = summarise(run, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending),
                         location=location)
     if config.protocol != "full":
         from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
@@ -266,14 +298,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _fold_done(run_dir: Path, index: int, fingerprint: str) -> bool:
-    path = run_dir / f"fold_{index}" / "result.json"
-    if not path.is_file():
+def _folds(run: RunFolder, config: KFoldConfig, meta: pd.DataFrame, fingerprint: str) -> list[Fold]:
+    """The folds recorded in folds.json by an earlier call with this configuration, else newly made."""
+    recorded = run.read_folds()
+    if recorded is not None and recorded.fingerprint == fingerprint:
+        logger.info("folds of %s read from %s", run.name, run.folds_file.redacted())
+        return recorded.positions(meta["utterance_id"].tolist())
+    if config.protocol == "full":
+        return [full_training_fold(meta, seed=config.seed, val_fraction=config.val_fraction)]
+    return make_folds(meta, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed, val_fraction=config.val_fraction,
+                      groups="duplicate_group")
+
+
+def _fold_done(run: RunFolder, index: int, fingerprint: str) -> bool:
+    if not run.fold_finished(index):
         return False
-    result = json.loads(path.read_text())
-    if result.get("fingerprint") != fingerprint:
+    if run.read_result(index).get("fingerprint") != fingerprint:
         raise ConfigError(
-            f"{run_dir} holds fold {index} from a different configuration; choose another --name or delete the folder"
+            f"{run.location.redacted()} holds fold {index} from a different configuration; choose another --name or delete the folder"
         )
     return True
 
@@ -297,19 +339,19 @@ def _choose_features(tables: list[FeatureTable], meta: pd.DataFrame, folds: list
     return choice
 
 
-def _collect_fold(run_dir: Path, fold: Fold, checkpoint, fingerprint: str, *, features: str, selection: list[float]) -> dict:
-    fold_dir = run_dir / f"fold_{fold.index}"
-    target = fold_dir / "checkpoint"
+def _collect_fold(run: RunFolder, fold: Fold, checkpoint, fingerprint: str, *, features: str, selection: list[float],
+                  train_overrides: dict | None = None) -> dict:
+    target = run.checkpoint_dir(fold.index).local_path  # `run` is the local (staged) folder
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     checkpoint.to_directory(str(target))  # local or remote Ray storage alike
     outcome = json.loads((target / "outcome.json").read_text())
     (target / "outcome.json").unlink()
-    pd.DataFrame(outcome["history"]).to_csv(fold_dir / "history.csv", index=False)
-    pd.DataFrame(outcome["test_predictions"]).to_csv(fold_dir / "predictions.csv", index=False)
+    run.write_history(fold.index, outcome["history"])
+    run.write_predictions(fold.index, outcome["test_predictions"])
     if outcome.get("last_epoch_predictions"):  # the same test part with the last epoch's weights (reported, never selected on)
-        pd.DataFrame(outcome["last_epoch_predictions"]).to_csv(fold_dir / "predictions_last_epoch.csv", index=False)
+        run.write_predictions(fold.index, outcome["last_epoch_predictions"], last_epoch=True)
     meta = json.loads((target / "checkpoint.json").read_text())
     report = outcome["test_report"]
     last = outcome.get("last_epoch_report") or {}
@@ -318,25 +360,32 @@ def _collect_fold(run_dir: Path, fold: Fold, checkpoint, fingerprint: str, *, fe
         "n_train": len(fold.train), "n_val": len(fold.val), "n_test": len(fold.test),
         "uar": report.get("uar"), "war": report.get("war"), "macro_f1": report.get("macro_f1"),
         "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
-        "features": features, "feature_selection_val_uar": selection,
+        "features": features, "feature_selection_val_uar": selection, "train_overrides": train_overrides or {},
         "last_epoch": outcome.get("last_epoch"), "last_epoch_uar": last.get("uar"), "last_epoch_war": last.get("war"),
         "report": report,
     }
-    (fold_dir / "result.json").write_text(json.dumps(result, indent=2))  # written last: marks the fold finished
+    run.write_result(fold.index, result)  # written last: marks the fold finished
     return result
 
 
-def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int,
+def summarise(run_dir: Path | RunFolder, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int,
               location: Location | None = None) -> dict:
     """Pooled and per-fold scores of a finished run; `location` is where the run lives when `run_dir` is a local mirror."""
-    name, where = (location.name, location.redacted()) if location is not None else (run_dir.name, str(run_dir))
-    results = [json.loads((run_dir / f"fold_{f.index}" / "result.json").read_text()) for f in folds]
+    run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
+    name, where = (location.name, location.redacted()) if location is not None else (run.name, run.location.redacted())
+    results = [run.read_result(f.index) for f in folds]
     if not any(r["n_test"] for r in results):  # protocol "full": a model of the whole corpus, nothing to score
         summary = {"run": name, "location": where, "protocol": _describe(config, 1),
                    "features": str(config.features_path), "labels": labels, "folds": results, "train_config": config.train.to_dict(), "wall_seconds": wall_seconds}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        run.write_summary(summary)
         return summary
-    predictions = pd.concat([pd.read_csv(run_dir / f"fold_{f.index}" / "predictions.csv", dtype={"utterance_id": str}) for f in folds], ignore_index=True)
+    per_fold = [run.read_predictions(f.index) for f in folds]
+    recorded = run.read_folds()
+    if recorded is not None:  # each fold scored exactly the utterances folds.json says it tested
+        for fold, fold_predictions in zip(folds, per_fold, strict=True):
+            if set(fold_predictions["utterance_id"]) != set(recorded.fold(fold.index).test):
+                raise RuntimeError(f"fold {fold.index}: predictions.csv does not hold the test utterances folds.json records")
+    predictions = pd.concat(per_fold, ignore_index=True)
     pooled = classification_report(predictions["true"].tolist(), predictions["pred"].tolist(), labels)
     if pooled["n"] != sum(r["n_test"] for r in results) or predictions["utterance_id"].duplicated().any():
         raise RuntimeError("test predictions do not cover each test utterance exactly once")
@@ -346,28 +395,38 @@ def summarise(run_dir: Path, folds: list[Fold], labels: list[str], config: KFold
         "protocol": _describe(config, len(folds)),
         "features": str(config.features_path),
         "labels": labels,
-        "folds": [{k: r.get(k) for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features")} for r in results],
+        "folds": [{k: r.get(k) for k in ("fold", "test_speakers", "uar", "war", "macro_f1", "n_train", "n_val", "n_test", "best_epoch", "best_val_uar", "epochs_run", "features", "train_overrides")} for r in results],
         "uar": pooled["uar"], "war": pooled["war"], "macro_f1": pooled["macro_f1"],
         "fold_uar": mean_std([r["uar"] for r in results]), "fold_war": mean_std([r["war"] for r in results]),
         "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
-        "train_config": config.train.to_dict(), "wall_seconds": wall_seconds, "folds_trained_this_run": n_trained,
-        "normalization": normalization_description(config.train.normalization),
+        "train_config": config.train.to_dict(), "fold_train": config.fold_train,
+        "wall_seconds": wall_seconds, "folds_trained_this_run": n_trained,
+        "normalization": _normalizations(config, [f.index for f in folds]),
         "model_selection": (
             "epoch chosen on a validation part carved from each fold's training side; test fold scored once"
             if all(r["n_val"] for r in results) else "no validation part: the last epoch's weights are scored"
         ),
     }
-    last_files = [run_dir / f"fold_{f.index}" / "predictions_last_epoch.csv" for f in folds]
-    if all(p.is_file() for p in last_files) and all(r["n_val"] for r in results):
-        last = pd.concat([pd.read_csv(p, dtype={"utterance_id": str}) for p in last_files], ignore_index=True)
+    if all(run.predictions_file(f.index, last_epoch=True).is_file() for f in folds) and all(r["n_val"] for r in results):
+        last = pd.concat([run.read_predictions(f.index, last_epoch=True) for f in folds], ignore_index=True)
         last_report = classification_report(last["true"].tolist(), last["pred"].tolist(), labels)
         summary["last_epoch"] = {
             "uar": last_report["uar"], "war": last_report["war"], "macro_f1": last_report["macro_f1"],
             "note": "the same test folds scored with each fold's LAST epoch (TIM-Net's published protocol); "
                     "reported beside the validation-selected figures, never used to choose anything",
         }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    run.write_summary(summary)
     return summary
+
+
+def _normalizations(config: KFoldConfig, folds: list[int]) -> dict:
+    """normalization_description of the run's mode, or of each fold's when fold_train gives folds different ones."""
+    modes = {k: config.train_for(k).normalization for k in folds}
+    if len(set(modes.values())) <= 1:
+        return normalization_description(config.train.normalization if not modes else next(iter(modes.values())))
+    per_fold = {k: normalization_description(m) for k, m in modes.items()}
+    return {"mode": "per fold: " + ", ".join(f"{k}={m}" for k, m in modes.items()),
+            "transductive": any(d["transductive"] for d in per_fold.values()), "per_fold": per_fold}
 
 
 def normalization_description(mode: str) -> dict:
