@@ -23,6 +23,7 @@ from ser_dist.api import ExtractConfig, extract
 from ser_dist.corpora import corpus_name
 from ser_dist.errors import ConfigError, SerDistError
 from ser_dist.features.config import DEFAULT_SSL_MODEL
+from ser_dist.runs import RunFolder
 from ser_dist.training.config import TrainConfig
 
 MODES = ("train", "test", "train-lmmd")
@@ -78,18 +79,20 @@ def run_test(args) -> dict:
         raise ConfigError("--mode test needs --test_path (a run folder or a checkpoint folder)")
     target = corpus_name(args.data)
     source_run = Path(args.test_path)
+    run = RunFolder(source_run)
     source = corpus_name(args.source_data) if args.source_data else _run_corpus(source_run)
-    if source == target and (source_run / "summary.json").is_file():  # in-corpus: the run's own test folds
+    if source == target and run.has_summary():  # in-corpus: the run's own test folds
         from ser_dist.reporting import write_run_report
 
-        report = write_run_report(source_run)
+        report = write_run_report(run)
         print(json.dumps({k: report["summary"][k] for k in ("uar", "war", "macro_f1")}, indent=2))
-        print(f"report: {(source_run / 'report.xlsx').resolve()}")
+        for path in run.report_files():
+            print(f"report: {path}")
         return report
     from ser_dist.evaluation.cross_corpus import EvaluationConfig, evaluate_cross_corpus
 
     target_features = _extract(args, target)
-    mode = "fold_ensemble" if any(source_run.glob("fold_*/checkpoint")) else "single"
+    mode = "fold_ensemble" if run.fold_dirs() else "single"
     report = evaluate_cross_corpus(EvaluationConfig(source_run=str(source_run), target_features=target_features, mode=mode,
                                                     normalization=args.normalization))
     print(json.dumps({k: report["summary"].get(k) for k in ("uar", "war", "macro_f1", "n")}, indent=2))
@@ -111,7 +114,8 @@ def run_train_lmmd(args) -> dict:
         run_kfold(KFoldConfig(features_path=source_features, protocol="full", out=args.runs_dir, name=name,
                               adapt_to=target_features if weight else None, target_normalization=args.normalization,
                               train=_train_config(args, lmmd_weight=weight)))
-        report = evaluate_cross_corpus(EvaluationConfig(source_run=str(Path(args.runs_dir, name, "fold_0", "checkpoint")),
+        checkpoint = RunFolder(Path(args.runs_dir, name)).checkpoint_dir(0)  # protocol "full": one fold
+        report = evaluate_cross_corpus(EvaluationConfig(source_run=str(checkpoint),
                                                         target_features=target_features, mode="single", normalization=args.normalization))
         scores[label] = report["summary"]["uar"]
     print(json.dumps({"source": source, "target": target, "cross_corpus_uar": scores,
@@ -119,13 +123,12 @@ def run_train_lmmd(args) -> dict:
     return scores
 
 
-def _run_corpus(run: Path) -> str:
-    for candidate in (run / "run_config.json", run.parent / "run_config.json", run.parent.parent / "run_config.json"):
-        if candidate.is_file():
-            metadata = json.loads(candidate.read_text()).get("feature_metadata", {})
-            if metadata.get("corpus"):
-                return metadata["corpus"]
-    raise ConfigError(f"cannot tell which corpus {run} was trained on; pass --source_data")
+def _run_corpus(path: Path) -> str:
+    run = RunFolder.of(path)
+    metadata = run.read_run_config().get("feature_metadata", {}) if run else {}
+    if metadata.get("corpus"):
+        return metadata["corpus"]
+    raise ConfigError(f"cannot tell which corpus {path} was trained on; pass --source_data")
 
 
 def main(argv: list[str] | None = None) -> int:

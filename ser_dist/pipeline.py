@@ -13,7 +13,6 @@ Steps in brackets run when the config asks for them:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from ser_dist.corpora import corpus_name
 from ser_dist.errors import ConfigError
 from ser_dist.features.config import DEFAULT_SSL_MODEL, LogMelConfig
 from ser_dist.features.extract import ExtractionOptions
+from ser_dist.runs import RunFolder
 from ser_dist.storage import as_location
 from ser_dist.training.config import TrainConfig
 from ser_dist.training.kfold import KFoldConfig, format_summary_table, run_kfold
@@ -104,16 +104,16 @@ def run_pipeline(config: PipelineConfig) -> dict:
             features_path=str(features), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
             out=config.runs_out, name=run_name, train=config.train, val_fraction=config.val_fraction,
         ))
-    run = as_location(config.runs_out) / run_name
-    outputs["run"] = run.redacted()
+    run = RunFolder(as_location(config.runs_out) / run_name)
+    outputs["run"] = run.location.redacted()
     outputs["summary"] = {k: summary.get(k) for k in ("uar", "war", "macro_f1", "fold_uar", "n_test", "protocol")}
-    outputs["reports"] = [p.redacted() for p in run.glob("report.*") + run.glob("*.png")]
+    outputs["reports"] = [p.redacted() for p in run.report_files()]
     print(format_summary_table(summary))
 
     if config.cross_corpus.targets:
         outputs["cross_corpus"] = _cross_corpus(config, run)
-    (run / "pipeline.json").write_text(json.dumps(outputs, indent=2, default=str))
-    print(f"run folder: {run.redacted()}")
+    run.write_pipeline(outputs)
+    print(f"run folder: {run.location.redacted()}")
     for path in outputs["reports"]:
         print(f"report: {path}")
     for item in outputs.get("cross_corpus", []):
@@ -135,22 +135,21 @@ def _sweep_then_final_run(config: PipelineConfig, features: str, base_name: str,
     outputs["sweep"] = {k: sweep.get(k) for k in ("run", "location", "objective", "best_val_uar", "best_params", "n_trials",
                                                   "n_errors", "sweep_wall_s", "results_table")}
     final_name = f"{base_name}_tune_final"
-    summary = json.loads((as_location(config.runs_out) / final_name / "summary.json").read_text())
-    return summary, final_name
+    return RunFolder(as_location(config.runs_out) / final_name).read_summary(), final_name
 
 
-def _cross_corpus(config: PipelineConfig, run) -> list[dict]:
+def _cross_corpus(config: PipelineConfig, run: RunFolder) -> list[dict]:
     from ser_dist.evaluation.cross_corpus import EvaluationConfig, evaluate_cross_corpus, report_dir_name
 
     step = config.cross_corpus
     results = []
     for target in (corpus_name(t) for t in step.targets):
         extraction = extract(config.extract_config(target))
-        evaluation = EvaluationConfig(source_run=str(run), target_features=str(extraction.directory), mode=step.mode,
+        evaluation = EvaluationConfig(source_run=str(run.location), target_features=str(extraction.directory), mode=step.mode,
                                       normalization=step.normalization, mapping_file=step.mapping_file)
         report = evaluate_cross_corpus(evaluation)
         name = report_dir_name(target, mode=evaluation.mode, normalization=evaluation.normalization, mapping_file=step.mapping_file)
         results.append({"target": target, "features": extraction.directory.redacted(), "uar": report["summary"]["uar"],
                         "war": report["summary"]["war"], "n": report["summary"]["n"], "normalization": str(evaluation.normalization),
-                        "mode": str(evaluation.mode), "report_dir": (run / name).redacted(), "skipped_files": extraction.skipped})
+                        "mode": str(evaluation.mode), "report_dir": run.evaluation_dir(name).redacted(), "skipped_files": extraction.skipped})
     return results
