@@ -35,27 +35,37 @@ CACHE = REPO / "data" / "bench_cache"
 
 BASE_MODEL = {"width": 64, "n_blocks": 8, "time_pool": 4, "dropout": 0.1, "input_dropout": 0.1}
 BASE = {"epochs": 50, "patience": 50, "batch_size": 32, "lr": 2e-3, "model": BASE_MODEL}
+SMALL_MODEL = {"width": 32, "n_blocks": 6, "time_pool": 4}
+SMALL = {"epochs": 30, "patience": 30, "batch_size": 32, "lr": 3e-3, "model": SMALL_MODEL}
+
+
+def _small(features: tuple[str, int], normalization: str, **changes) -> dict:
+    return {"features": features, "train": SMALL | {"normalization": normalization} | changes}
+
+
 CANDIDATES: dict[str, dict] = {
-    # features: (feature type, deltas); train: TrainConfig overrides
+    # features: (feature type, deltas); train: TrainConfig overrides. The "small" family fits the CPU budget
+    # of these machines (about 20 s per fold on one core); "base" is the previous default size.
     "logmel_base": {"features": ("LOGMEL", 0), "train": BASE},
-    "mfcc_base": {"features": ("MFCC", 0), "train": BASE},
-    "mfcc_dd": {"features": ("MFCC", 2), "train": BASE},
-    "logmel_dd": {"features": ("LOGMEL", 2), "train": BASE},
-    "mfcc_dd_crop_avg": {"features": ("MFCC", 2), "train": BASE | {
-        "augment": {"max_frames": 300}, "model": BASE_MODEL | {"eval_window": 300}}},
-    "mfcc_dd_small": {"features": ("MFCC", 2), "train": BASE | {"model": BASE_MODEL | {"width": 32, "n_blocks": 6}}},
-    "mfcc_dd_nomix": {"features": ("MFCC", 2), "train": BASE | {"augment": {"mixup_alpha": 0.0}}},
-    "mfcc_dd_strong_aug": {"features": ("MFCC", 2), "train": BASE | {
-        "augment": {"time_masks": 3, "time_mask_frac": 0.15, "feature_masks": 3, "feature_mask_frac": 0.15, "mixup_alpha": 0.4}}},
-    "mfcc_dd_long": {"features": ("MFCC", 2), "train": BASE | {"epochs": 100, "patience": 100}},
-    "mfcc_dd_per_speaker": {"features": ("MFCC", 2), "train": BASE | {"normalization": "per_speaker"}},
-    "logmel_per_speaker": {"features": ("LOGMEL", 0), "train": BASE | {"normalization": "per_speaker"}},
-    "mfcc_dd_demo": {"features": ("MFCC", 2), "train": {"epochs": 30, "patience": 30, "batch_size": 32, "lr": 3e-3,
-                                                         "model": {"width": 32, "n_blocks": 6, "time_pool": 4}}},
-    "mfcc_dd_demo_per_speaker": {"features": ("MFCC", 2), "train": {"epochs": 30, "patience": 30, "batch_size": 32, "lr": 3e-3,
-                                                                     "normalization": "per_speaker",
-                                                                     "model": {"width": 32, "n_blocks": 6, "time_pool": 4}}},
+    "mfcc_dd_base": {"features": ("MFCC", 2), "train": BASE},
+    "mfcc_dd_base_per_speaker": {"features": ("MFCC", 2), "train": BASE | {"normalization": "per_speaker"}},
 }
+for _norm, _suffix in (("train_global", ""), ("per_speaker", "_per_speaker")):
+    CANDIDATES |= {
+        f"small_mfcc_dd{_suffix}": _small(("MFCC", 2), _norm),
+        f"small_mfcc{_suffix}": _small(("MFCC", 0), _norm),
+        f"small_logmel{_suffix}": _small(("LOGMEL", 0), _norm),
+        f"small_mfcc_dd_e45{_suffix}": _small(("MFCC", 2), _norm, epochs=45, patience=45),
+        f"small_mfcc_dd_w48{_suffix}": _small(("MFCC", 2), _norm, model=SMALL_MODEL | {"width": 48}),
+        f"small_mfcc_dd_crop_avg{_suffix}": _small(("MFCC", 2), _norm, augment={"max_frames": 300},
+                                                   model=SMALL_MODEL | {"eval_window": 300}),
+        f"small_mfcc_dd_nomix{_suffix}": _small(("MFCC", 2), _norm, augment={"mixup_alpha": 0.0}),
+        f"small_logmel_dd{_suffix}": _small(("LOGMEL", 2), _norm),
+        f"small_logmel_e45{_suffix}": _small(("LOGMEL", 0), _norm, epochs=45, patience=45),
+        f"small_logmel_w48{_suffix}": _small(("LOGMEL", 0), _norm, model=SMALL_MODEL | {"width": 48}),
+        f"small_logmel_crop_avg{_suffix}": _small(("LOGMEL", 0), _norm, augment={"max_frames": 300},
+                                                  model=SMALL_MODEL | {"eval_window": 300}),
+    }
 
 
 def features(kind: str, deltas: int, data_root: Path):
