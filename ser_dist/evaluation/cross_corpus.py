@@ -47,7 +47,7 @@ from ser_dist.evaluation.mapping import (
     merge_probabilities,
     removed_counts,
 )
-from ser_dist.features.config import FeatureConfig, FeatureType, LogMelConfig
+from ser_dist.features.config import FeatureConfig
 from ser_dist.features.store import FeatureTable, load_features, read_metadata, resolve_version, version_dir
 from ser_dist.runs import FULL_MODEL, RunFolder
 from ser_dist.storage import StagedDirectory, as_location
@@ -286,31 +286,12 @@ def check_pair(source_run: Path | str, target_features: Path | str, *, mode: Eva
 
 
 def feature_config_differences(source: Mapping, target: Mapping) -> list[tuple[str, object, object]]:
-    """(what, source value, target value) for each way two stored feature configs differ.
+    """(what, source value, target value) for each way two stored feature configs differ: every setting
+    that changes the numbers (`FeatureSpec.differences`; storage dtype and batch sizes do not count)."""
+    from ser_dist.features.spec import FeatureSpec
 
-    Compared: feature type; log-mel settings (LOGMEL, FUSION); encoder layers and weights (the weight
-    hash when both record one, else the model name) for HUBERT and FUSION. Storage dtype is not.
-    """
-    out: list[tuple[str, object, object]] = []
-    kind_s, kind_t = source.get("feature_type"), target.get("feature_type")
-    if kind_s != kind_t:
-        return [("feature type", kind_s, kind_t)]
-    kind = FeatureType.parse(str(kind_s))
-    if kind is not FeatureType.HUBERT:
-        mel_s, mel_t = (dataclasses.asdict(LogMelConfig(**(c.get("logmel") or {}))) for c in (source, target))
-        out += [(f"logmel.{k}", mel_s[k], mel_t[k]) for k in mel_s if mel_s[k] != mel_t[k]]
-    if kind.uses_encoder:
-        ssl_s, ssl_t = source.get("ssl") or {}, target.get("ssl") or {}
-        enc_s, enc_t = source.get("encoder") or {}, target.get("encoder") or {}
-        layers_s, layers_t = list(ssl_s.get("layers") or enc_s.get("layers") or []), list(ssl_t.get("layers") or enc_t.get("layers") or [])
-        if layers_s != layers_t:
-            out.append(("encoder layers", layers_s, layers_t))
-        if enc_s.get("weight_hash") and enc_t.get("weight_hash"):
-            if enc_s["weight_hash"] != enc_t["weight_hash"]:
-                out.append(("encoder weights", f"{ssl_s.get('model')} ({enc_s['weight_hash']})", f"{ssl_t.get('model')} ({enc_t['weight_hash']})"))
-        elif ssl_s.get("model") != ssl_t.get("model"):
-            out.append(("encoder model", ssl_s.get("model"), ssl_t.get("model")))
-    return out
+    differences = FeatureSpec.from_json(dict(source)).differences(FeatureSpec.from_json(dict(target)))
+    return [("feature type" if what == "feature_type" else what, a, b) for what, a, b in differences]
 
 
 def checkpoint_folders(source: Path, mode: EvaluationMode) -> list[tuple[str, Path]]:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ser_dist.errors import AudioError, ConfigError, FeatureStoreError
 from ser_dist.features.config import FeatureConfig
+from ser_dist.features.spec import EncoderIdentity, FeatureSpec
 from ser_dist.features.store import (
     META_COLUMNS,
     feature_schema,
@@ -194,7 +195,7 @@ def _extract_locked(manifest: pd.DataFrame, config: FeatureConfig, directory: Lo
         processed = dataset.map_batches(
             FeatureWorker,
             fn_constructor_kwargs={
-                "config": config.to_dict(),
+                "config": FeatureSpec(config).to_json()["config"],  # runtime options too (encoder batch size)
                 "directory": str(directory),
                 "device": "cuda" if use_gpu else "cpu",
                 "torch_threads": threads,
@@ -255,6 +256,7 @@ def _metadata(config: FeatureConfig, corpus: str, manifest: pd.DataFrame, result
         "status": "complete",
         "corpus": corpus,
         "feature_config": config.to_dict(),
+        "feature_spec": FeatureSpec(config, EncoderIdentity.from_json(encoder)).to_json(),
         "version": config.version(),
         "dataset_name": config.dataset_name(corpus),
         "dim": dim,
