@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--layers", default="1,2,3,4", help="Whisper-tiny layers that FUSION may choose from (per fold, on validation)")
     parser.add_argument("--skip-references", action="store_true")
+    parser.add_argument("--references-only", action="store_true", help="features and references, no TIM-Net runs")
     parser.add_argument("--data-root", default=str(SHARED / "data"))
     parser.add_argument("--features-out", default=str(REPO / "data" / "features"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "bench"))
@@ -226,7 +227,7 @@ def main() -> None:
             for row in references(paths, protocol, n_folds, REPO / "bench" / "cache"):
                 results["references"].append({"protocol": protocol_key, **row})
             save()
-        for normalization in normalizations:
+        for normalization in normalizations if not args.references_only else []:
             for kind in kinds:
                 for seed in args.seeds:
                     train = recipe_config(args.recipe, kind, normalization, seed, args.epochs)
