@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,7 +27,6 @@ from ser_dist.features.compute import FeatureComputer  # noqa: E402
 from ser_dist.features.config import FeatureConfig, FeatureType, MfccConfig, SSLConfig  # noqa: E402
 from ser_dist.model.timnet import TimNet, TimNetConfig  # noqa: E402
 from ser_dist.prediction import Predictor  # noqa: E402
-from ser_dist.prediction.predictor import _Member  # noqa: E402
 from ser_dist.training.checkpoint import save_checkpoint  # noqa: E402
 from ser_dist.training.data import Standardizer  # noqa: E402
 
@@ -109,7 +109,8 @@ def test_model_graph_equals_timnet_on_padded_batches(model_config, tmp_path):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
     standardizer = Standardizer(np.linspace(-1, 1, 16).astype(np.float32), np.linspace(0.5, 2, 16).astype(np.float32))
-    members = [_Member("a", model, standardizer, False), _Member("b", model, standardizer, True)]
+    members = [SimpleNamespace(name="a", model=model, standardizer=standardizer, per_utterance_norm=False),
+               SimpleNamespace(name="b", model=model, standardizer=standardizer, per_utterance_norm=True)]
     fake = type("P", (), {"members": members, "feature_config": FeatureConfig(storage_dtype="float16")})()
     path = tmp_path / "model.onnx"
     _export(EnsembleGraph(fake).eval(), (torch.zeros(2, 11, 16), torch.tensor([11, 5])), path, opset=17,

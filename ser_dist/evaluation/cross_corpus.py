@@ -49,11 +49,11 @@ from ser_dist.evaluation.mapping import (
 )
 from ser_dist.features.config import FeatureConfig
 from ser_dist.features.store import FeatureTable, load_features, read_metadata, resolve_version, version_dir
+from ser_dist.prediction.ensemble import Ensemble
 from ser_dist.runs import FULL_MODEL, RunFolder
 from ser_dist.storage import StagedDirectory, as_location
-from ser_dist.training.checkpoint import META_FILE, LoadedModel, load_checkpoint
+from ser_dist.training.checkpoint import META_FILE
 from ser_dist.training.data import Standardizer, normalise_per_speaker
-from ser_dist.training.loop import predict_proba
 from ser_dist.training.metrics import classification_report
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ logger = logging.getLogger(__name__)
 FULL_MODEL_DIR = FULL_MODEL  # <run>/full/checkpoint: one model trained on the whole source corpus
 PREDICTIONS_CSV = "predictions.csv"
 MATRIX_CSV, MATRIX_JSON, MATRIX_PNG = "matrix.csv", "matrix.json", "matrix.png"
-CHUNK = 256  # target utterances normalised at a time (bounds memory for large corpora)
 STANDARD_PAIRS: tuple[tuple[str, str], ...] = (("EMODB", "RAVDESS"), ("EMODB", "IEMOCAP"), ("IEMOCAP", "RAVDESS"))  # both directions
 _FEATURE_CONFIG_KEYS = {f.name for f in dataclasses.fields(FeatureConfig)}
 
@@ -116,15 +115,6 @@ class EvaluationConfig:
         object.__setattr__(self, "normalization", TargetNormalization.parse(self.normalization))
 
 
-@dataclass
-class SourceModel:
-    """One checkpoint of the source side."""
-
-    name: str  # fold_0, ..., or the checkpoint folder's name
-    path: Path
-    loaded: LoadedModel
-
-
 # ------------------------------------------------------------------------------------ the evaluator
 
 
@@ -137,26 +127,20 @@ class CrossCorpusEvaluator:
         self.mode = EvaluationMode.parse(mode)
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.members = [SourceModel(name, path, load_checkpoint(path)) for name, path in checkpoint_folders(self.source_run, self.mode)]
+        try:
+            self.ensemble = Ensemble.load(checkpoint_folders(self.source_run, self.mode), device=self.device,
+                                          batch_size=batch_size, source=str(self.source_run))
+        except ModelLoadError as exc:
+            if "differs from" not in str(exc):
+                raise
+            raise ConfigError(f"{exc} (evaluate one checkpoint with mode='single' instead)") from exc
+        self.members = self.ensemble.members
         first = self.members[0]
-        for other in self.members[1:]:
-            differs = [what for what, a, b in (("labels", first.loaded.labels, other.loaded.labels),
-                                                ("feature config", first.loaded.feature_config, other.loaded.feature_config)) if a != b]
-            if differs:
-                raise ConfigError(
-                    f"{self.source_run}: {other.path} differs from {first.path} in {' and '.join(differs)}; a fold ensemble "
-                    f"needs one label list and one feature config (evaluate one checkpoint with mode='single' instead)"
-                )
-        for member in self.members:
-            member.loaded.model.to(self.device).eval()
         self.labels = list(first.loaded.labels)
         self.feature_config = dict(first.loaded.feature_config)
         self.run_config = _run_config(self.source_run)
         self.corpus = str(first.loaded.meta.get("corpus") or self.run_config.get("feature_metadata", {}).get("corpus") or "?")
         self.training_normalization = sorted({str(m.loaded.meta.get("normalization", "train_global")) for m in self.members})
-        if "per_speaker" in self.training_normalization:
-            logger.warning("%s was trained with per-speaker statistics; its stored (training-part) statistics only "
-                           "approximate what the model saw", self.source_run)
         logger.info("loaded %d %s checkpoint(s) of %s (%s)", len(self.members), self.corpus, self.source_run, ",".join(self.labels))
 
     def describe(self) -> dict:
@@ -168,26 +152,24 @@ class CrossCorpusEvaluator:
         }
 
     def source_probabilities(self, features: Sequence[np.ndarray], *, standardizer: Standardizer | None = None) -> np.ndarray:
-        """(n_models, N, C) class probabilities of each source model, in the source label order.
+        """(n_models, N, C) class probabilities of each source model, in the source label order (the one
+        inference path, `Ensemble`).
 
         `standardizer` None: each model normalises with its own stored training statistics; otherwise
         every model gets the features normalised with the one given (e.g. target-corpus statistics).
         """
-        out = np.zeros((len(self.members), len(features), len(self.labels)), np.float32)
-        order = np.argsort([f.shape[0] for f in features], kind="stable")  # similar lengths share a chunk
-        for m, member in enumerate(self.members):
-            stats = standardizer if standardizer is not None else member.loaded.standardizer
-            for start in range(0, len(order), CHUNK):
-                chunk = order[start : start + CHUNK]
-                normalised = [stats.apply(features[i]) for i in chunk]
-                out[m, chunk] = predict_proba(member.loaded.model, normalised, np.arange(len(chunk)), device=self.device,
-                                              batch_size=self.batch_size)
-        return out
+        return self.ensemble.member_probabilities(features, override=standardizer)
 
     def evaluate(self, target_features: Path | str, *, normalization: TargetNormalization | str = TargetNormalization.SOURCE,
                  mapping: LabelMapping | None = None) -> dict:
         """Score the source models on every target utterance that has a counterpart class; plain JSON types."""
         normalization = TargetNormalization.parse(normalization)
+        if normalization is TargetNormalization.SOURCE and self.ensemble.needs_input_statistics:
+            raise ConfigError(
+                f"{self.source_run} was trained with per-speaker normalisation: its stored training statistics are not "
+                "what the model saw; score the target with normalization='per_speaker' (each target speaker's own "
+                "statistics) or 'target'"
+            )
         mapping = mapping or LabelMapping()
         table = load_features(target_features)
         self.check_features(table)

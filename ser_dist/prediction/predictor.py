@@ -36,7 +36,7 @@ from ser_dist.audio import TARGET_SAMPLE_RATE, load_audio, prepare_signal
 from ser_dist.errors import AudioError, ConfigError, ModelLoadError, SpeakerStatisticsError
 from ser_dist.features.compute import FeatureComputer
 from ser_dist.features.config import FeatureConfig, FeatureType
-from ser_dist.model.timnet import TimNet
+from ser_dist.prediction.ensemble import Ensemble
 from ser_dist.prediction.segmentation import (
     DroppedSpan,
     SegmentationConfig,
@@ -45,9 +45,8 @@ from ser_dist.prediction.segmentation import (
     segment_signal,
 )
 from ser_dist.runs import RunFolder
-from ser_dist.training.checkpoint import META_FILE, WEIGHTS_FILE, load_checkpoint
+from ser_dist.training.checkpoint import META_FILE, WEIGHTS_FILE
 from ser_dist.training.data import Standardizer
-from ser_dist.training.loop import predict_proba
 
 logger = logging.getLogger(__name__)
 
@@ -83,25 +82,17 @@ class Timeline:
     normalization: str = "train_global"  # how the segments were normalised
 
 
-@dataclass
-class _Member:
-    """One checkpoint of the ensemble."""
-
-    source: str
-    model: TimNet
-    standardizer: Standardizer
-    per_utterance_norm: bool  # trained with per-speaker statistics: an input is normalised by its own
-
-
 class Predictor:
     """One checkpoint, or every fold of a run averaged, with the feature computer they were trained on."""
 
-    def __init__(self, members: list[_Member], *, labels: list[str], feature_config: FeatureConfig,
+    def __init__(self, ensemble: Ensemble, *, feature_config: FeatureConfig,
                  computer: FeatureComputer, source: str, device: torch.device, batch_size: int = 16,
                  normalization: str | None = None):
         if normalization not in (None, "utterance"):
             raise ConfigError(f"normalization must be None (as trained) or 'utterance', got {normalization!r}")
-        self.members = members
+        self.ensemble = ensemble
+        self.members = ensemble.members
+        labels = ensemble.labels
         self.fallback_normalization = normalization  # "utterance": per-speaker models may score inputs without speaker statistics
         self.speaker_statistics: dict[str, Standardizer] = {}  # enrolled speakers
         self.labels = list(labels)
@@ -135,33 +126,22 @@ class Predictor:
         expected = FeatureType.parse(expected_feature_type).value if expected_feature_type is not None else None
         folders = checkpoint_folders(directory)
         device = torch.device(device)
-        loaded = [(folder, load_checkpoint(folder, expected_feature_type=expected)) for folder in folders]
-        first_folder, first = loaded[0]
-        for folder, other in loaded[1:]:
-            differs = [name for name, a, b in (("labels", first.labels, other.labels),
-                                                ("feature_config", first.feature_config, other.feature_config)) if a != b]
-            if differs:
-                raise ModelLoadError(
-                    f"{directory}: {folder} differs from {first_folder} in {' and '.join(differs)}; "
-                    f"an ensemble needs one label list and one feature config"
-                )
-        feature_config = _feature_config(first.feature_config, directory, ssl_model=ssl_model)
+        ensemble = Ensemble.load([(folder.parent.name if folder.name == "checkpoint" else folder.name, folder) for folder in folders],
+                                 expected_feature_type=expected, device=device, batch_size=batch_size, source=str(directory))
+        feature_config = _feature_config(ensemble.feature_config, directory, ssl_model=ssl_model)
         computer = FeatureComputer(feature_config, device=device)
-        _check_encoder(first.feature_config.get("encoder") or {}, computer, directory)
-        members = []
-        for folder, item in loaded:
-            if item.model.config.input_dim != computer.dim:
+        _check_encoder(ensemble.feature_config.get("encoder") or {}, computer, directory)
+        for member in ensemble.members:
+            if member.model.config.input_dim != computer.dim:
                 raise ModelLoadError(
-                    f"{folder}: the model takes {item.model.config.input_dim}-dim features, but its feature config "
+                    f"{member.path}: the model takes {member.model.config.input_dim}-dim features, but its feature config "
                     f"({feature_config.feature_type.value}) gives {computer.dim}"
                 )
-            per_utterance = item.meta.get("normalization") == "per_speaker"
-            members.append(_Member(str(folder), item.model.to(device).eval(), item.standardizer, per_utterance))
-        if any(m.per_utterance_norm for m in members):
+        if ensemble.needs_input_statistics:
             logger.info("%s was trained with per-speaker normalisation: inputs need their speaker's statistics", directory)
-        logger.info("loaded %d checkpoint(s) from %s (%s, labels %s)", len(members), directory,
-                    feature_config.feature_type.value, ",".join(first.labels))
-        return cls(members, labels=first.labels, feature_config=feature_config, computer=computer,
+        logger.info("loaded %d checkpoint(s) from %s (%s, labels %s)", len(ensemble.members), directory,
+                    feature_config.feature_type.value, ",".join(ensemble.labels))
+        return cls(ensemble, feature_config=feature_config, computer=computer,
                    source=str(directory), device=device, batch_size=batch_size, normalization=normalization)
 
     @property
@@ -227,15 +207,9 @@ class Predictor:
         mode = self.input_normalization(speakers)
         features = self._features(signals)
         statistics = self._input_statistics(features, speakers, mode)
-        positions = np.arange(len(features))
-        total = np.zeros((len(features), len(self.labels)), np.float64)
-        for member in self.members:
-            if member.per_utterance_norm:
-                normalised = [stats.apply(f) for stats, f in zip(statistics, features, strict=True)]
-            else:
-                normalised = [member.standardizer.apply(f) for f in features]
-            total += predict_proba(member.model, normalised, positions, device=self.device, batch_size=self.batch_size)
-        return (total / len(self.members)).astype(np.float32)
+        if not features:
+            return np.zeros((0, len(self.labels)), np.float32)
+        return self.ensemble.probabilities(features, speaker_statistics=statistics).astype(np.float32)
 
     def _features(self, signals: list[np.ndarray]) -> list[np.ndarray]:
         """(T_i, D) per signal, computed in length-sorted chunks of batch_size; float16-rounded when trained so."""
