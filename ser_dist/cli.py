@@ -96,6 +96,7 @@ def _run_extract(args) -> None:
 def _add_train(sub) -> None:
     from ser_dist.training.config import ModelOptions, TrainConfig
     from ser_dist.training.kfold import KFoldConfig
+    from ser_dist.training.presets import PRESETS
 
     p = sub.add_parser("train", help="k-fold cross-validation, each fold a Ray Train job, folds in parallel")
     p.add_argument("--corpus", required=True, help=CORPUS_HELP)
@@ -103,16 +104,21 @@ def _add_train(sub) -> None:
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
     p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
     p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")
-    p.add_argument("--protocol", default=_default(KFoldConfig, "protocol"), help="loso, speaker_kfold, losesso or kfold (random stratified) (default: %(default)s)")
+    p.add_argument("--deltas", type=int, choices=[0, 1, 2], default=0, help="LOGMEL/MFCC extracted with deltas (names the dataset folder)")
+    p.add_argument("--protocol", default=_default(KFoldConfig, "protocol"),
+                   help="loso, speaker_kfold, losesso, kfold (random stratified) or kfold_plain (TIM-Net's KFold) (default: %(default)s)")
     p.add_argument("--folds", type=int, default=None, help="k for kfold / speaker_kfold")
     p.add_argument("--seed", type=int, default=_default(KFoldConfig, "seed"))
-    p.add_argument("--epochs", type=int, default=_default(TrainConfig, "epochs"), help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=_default(TrainConfig, "batch_size"))
-    p.add_argument("--lr", type=float, default=_default(TrainConfig, "lr"))
-    p.add_argument("--width", type=int, default=_default(ModelOptions, "width"))
-    p.add_argument("--blocks", type=int, default=_default(ModelOptions, "n_blocks"))
-    p.add_argument("--time-pool", type=int, default=_default(ModelOptions, "time_pool"))
-    p.add_argument("--normalization", choices=["train_global", "per_speaker"], default=_default(TrainConfig, "normalization"))
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named recipe (ser_dist/training/presets.py); the options below override it when given")
+    p.add_argument("--epochs", type=int, default=None, help=f"(default: {_default(TrainConfig, 'epochs')})")
+    p.add_argument("--batch-size", type=int, default=None, help=f"(default: {_default(TrainConfig, 'batch_size')})")
+    p.add_argument("--lr", type=float, default=None, help=f"(default: {_default(TrainConfig, 'lr')})")
+    p.add_argument("--width", type=int, default=None, help=f"(default: {_default(ModelOptions, 'width')})")
+    p.add_argument("--blocks", type=int, default=None, help=f"(default: {_default(ModelOptions, 'n_blocks')})")
+    p.add_argument("--time-pool", type=int, default=None, help=f"(default: {_default(ModelOptions, 'time_pool')})")
+    p.add_argument("--normalization", choices=["train_global", "per_speaker"], default=None,
+                   help=f"per_speaker is transductive: each test speaker's unlabelled audio sets its statistics (default: {_default(TrainConfig, 'normalization')})")
     p.add_argument("--workers-per-fold", type=int, default=_default(TrainConfig, "num_workers"), help="Ray Train workers per fold (DDP when > 1)")
     p.add_argument("--max-concurrent-folds", type=int, default=None)
     p.add_argument("--out", default=_default(KFoldConfig, "out"), help="(default: %(default)s)")
@@ -130,21 +136,23 @@ def _features_path(args) -> str:
     if (root / METADATA_FILE).is_file() or root.glob("v_*"):
         return str(root)  # already a dataset (or version) folder
     ssl = SSLConfig(**{k: v for k, v in {"model": args.ssl_model, "layers": args.ssl_layer}.items() if v is not None})
-    config = FeatureConfig(feature_type=FeatureType.parse(args.features), ssl=ssl)
+    config = FeatureConfig(feature_type=FeatureType.parse(args.features), ssl=ssl, deltas=getattr(args, "deltas", 0))
     return str(dataset_dir(root, config, corpus_name(args.corpus)))
 
 
 def _run_train(args) -> None:
-    from dataclasses import replace
-
-    from ser_dist.training.config import ModelOptions, TrainConfig
+    from ser_dist.training.config import TrainConfig
     from ser_dist.training.kfold import KFoldConfig, format_summary_table, run_kfold
 
-    train = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, normalization=args.normalization,
-        num_workers=args.workers_per_fold, max_concurrent_folds=args.max_concurrent_folds,
-        model=replace(ModelOptions(), width=args.width, n_blocks=args.blocks, time_pool=args.time_pool),
-    )
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "normalization": args.normalization}
+    model = {"width": args.width, "n_blocks": args.blocks, "time_pool": args.time_pool}
+    options = {k: v for k, v in given.items() if v is not None} | {"num_workers": args.workers_per_fold,
+                                                                    "max_concurrent_folds": args.max_concurrent_folds}
+    if any(v is not None for v in model.values()):
+        options["model"] = {k: v for k, v in model.items() if v is not None}
+    if args.preset:
+        options["preset"] = args.preset
+    train = TrainConfig.from_dict(options)
     config = KFoldConfig(features_path=_features_path(args), protocol=args.protocol, n_folds=args.folds, seed=args.seed,
                          out=args.out, name=args.name, train=train)
     summary = run_kfold(config)
