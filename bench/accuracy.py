@@ -197,6 +197,8 @@ def main() -> None:
     parser.add_argument("--layers", default="1,2,3,4", help="Whisper-tiny layers that FUSION may choose from (per fold, on validation)")
     parser.add_argument("--skip-references", action="store_true")
     parser.add_argument("--references-only", action="store_true", help="features and references, no TIM-Net runs")
+    parser.add_argument("--references-from", default=None,
+                        help="with --skip-references: take the reference rows (same folds) from bench/results/<NAME>.json for the targets")
     parser.add_argument("--data-root", default=str(SHARED / "data"))
     parser.add_argument("--features-out", default=str(REPO / "data" / "features"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "bench"))
@@ -213,6 +215,11 @@ def main() -> None:
     paths = ensure_features(kinds, Path(args.data_root), Path(args.features_out), whisper, [int(x) for x in args.layers.split(",")])
     runs = Path(args.runs)
     results: dict = {"protocol_notes": __doc__.split("\n\n")[2], "references": [], "models": [], "summary": [], "targets": []}
+    if args.references_from:
+        import json
+
+        stored = json.loads((REPO / "bench" / "results" / f"{args.references_from}.json").read_text())
+        results["references"] = [r | {"from": f"{args.references_from}.json"} for r in stored["references"]]
 
     def save() -> None:
         results["summary"] = aggregate(results["models"])
