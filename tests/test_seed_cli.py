@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
 from ser_dist.corpora import prepare
 from ser_dist.main import build_parser, main
+from ser_dist.runs import RunFolder
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+TO_EMODB = {"calm": "neutral", "surprise": "neutral"}  # RAVDESS classes EMODB lacks, as the default mapping merges them
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +56,26 @@ def test_seed_cli_train_test_and_cross_corpus(ray_cluster, tiny_data_root, tmp_p
     assert main(["--mode", "test", "--data", "EMODB", "--test_path", str(run), *common]) == 0
     # cross-corpus test (the seed spells RAVDESS as RAVDE)
     assert main(["--mode", "test", "--data", "RAVDE", "--test_path", str(run), "--source_data", "EMODB", *common]) == 0
-    reports = list(run.glob("cross_RAVDESS*/report.json"))
-    assert reports, "cross-corpus report missing"
-    report = json.loads(reports[0].read_text())
-    assert report["protocol"] and report["summary"]["n"] > 0
+    (report_file,) = run.glob("cross_RAVDESS*/report.json")
+    report = json.loads(report_file.read_text())
+    # every target utterance of the subset is scored once: calm and surprise map to neutral, nothing is dropped
+    ravdess = prepare("RAVDESS", tiny_data_root / "ravdess")
+    expected = Counter(TO_EMODB.get(label, label) for label in ravdess["label"])
+    assert report["protocol"] and report["summary"]["n"] == len(ravdess) == 16 and report["summary"]["n_removed"] == 0
+    assert {label: row["support"] for label, row in report["per_class"].items() if row["support"]} == dict(expected)
 
-    # domain adaptation: both models on the same split, scored on the target
+    # domain adaptation: both models on the same split, scored on the same target utterances
     assert main(["--mode", "train-lmmd", "--data", "EMODB", "--target_data", "RAVDESS", "--lmmd_weight", "0.5", *common]) == 0
     out = capsys.readouterr().out
     scores = json.loads(out[out.rindex('{\n  "source"'):])["cross_corpus_uar"]
     assert set(scores) == {"without_lmmd", "with_lmmd"}
+    for label, weight in (("without_lmmd", 0.0), ("with_lmmd", 0.5)):
+        run = RunFolder(tmp_path / "runs" / (f"EMODB_to_RAVDESS_LOGMEL_{label}" + ("_w0.5" if weight else "")))
+        kfold = run.read_run_config()["kfold"]
+        assert kfold["train"]["lmmd_weight"] == weight and bool(kfold["adapt_to"]) == bool(weight)
+        (report_file,) = run.fold_dir(0).local_path.glob("cross_RAVDESS*/report.json")
+        cross = json.loads(report_file.read_text())["summary"]
+        assert cross["uar"] == scores[label] and cross["n"] == len(ravdess)
 
     # bad input: unknown corpus gives a clear error, exit code 2
     assert main(["--mode", "train", "--data", "EMODB2", *common]) == 2
