@@ -1,7 +1,9 @@
 """Sweep job: `python -m jobs.tune --config configs/tune_emodb.yaml` (keys: fields of ser_dist.tuning.TuneConfig).
 
-Ray Tune searches on the training sides of the first `inner_folds` outer folds (test folds never read),
-then the best config gets a k-fold run whose test scores are reported apart.
+Nested by default: Ray Tune searches each outer fold's config on that fold's training side only (its test
+utterances never read), then the k-fold run trains and tests each fold once with its own config. `mode:
+shared` searches once on the training sides of the first `inner_folds` outer folds and reports which
+test speakers it read.
 """
 
 import sys

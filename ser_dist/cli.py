@@ -24,6 +24,10 @@ def _layers(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.replace("+", ",").split(",") if x.strip())
 
 
+def _fold_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def _add_prepare(sub) -> None:
     from ser_dist.api import PrepareConfig
 
@@ -287,7 +291,8 @@ def _run_serve(args) -> None:
 def _add_tune(sub) -> None:
     from ser_dist.tuning import TuneConfig
 
-    p = sub.add_parser("tune", help="hyperparameter sweep (Optuna + ASHA on Ray Tune), then a k-fold run of the best config")
+    p = sub.add_parser("tune", help="hyperparameter sweep (Optuna + ASHA on Ray Tune; nested: one search per outer fold on its "
+                                    "training side), then a k-fold run with the chosen config(s)")
     p.add_argument("--corpus", required=True)
     p.add_argument("--features", default="LOGMEL", help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
@@ -298,7 +303,16 @@ def _add_tune(sub) -> None:
     p.add_argument("--seed", type=int, default=_default(TuneConfig, "seed"))
     p.add_argument("--samples", type=int, default=_default(TuneConfig, "num_samples"), help="trials (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=_default(TuneConfig, "epochs"), help="most epochs per trial, and in the final run (default: %(default)s)")
-    p.add_argument("--inner-folds", type=int, default=_default(TuneConfig, "inner_folds"), help="outer folds whose training sides make the objective (default: %(default)s)")
+    p.add_argument("--mode", choices=("nested", "shared"), default=_default(TuneConfig, "mode"),
+                   help="nested: one search per outer fold on its training side only; shared: one search on the training sides of "
+                        "the first --inner-folds outer folds (cheaper; reads other folds' test speakers, and reports which) "
+                        "(default: %(default)s)")
+    p.add_argument("--inner-folds", type=int, default=_default(TuneConfig, "inner_folds"),
+                   help="nested: inner folds made from each outer fold's training side; shared: outer folds whose training sides "
+                        "make the objective (default: %(default)s)")
+    p.add_argument("--outer-folds", type=_fold_list, default=None,
+                   help="nested only, for quick runs: search only these outer folds (e.g. 0,1); the others train with the base config "
+                        "and are reported as not swept (default: all)")
     p.add_argument("--max-concurrent-trials", type=int, default=None, help="(default: one per cluster CPU)")
     p.add_argument("--no-final-run", action="store_true", help="stop after the sweep (no k-fold run of the best config)")
     p.add_argument("--out", default=_default(TuneConfig, "out"), help="(default: %(default)s)")
@@ -311,15 +325,24 @@ def _run_tune(args) -> None:
 
     config = TuneConfig(
         features_path=_features_path(args), protocol=args.protocol, n_folds=args.folds, seed=args.seed,
-        num_samples=args.samples, epochs=args.epochs, inner_folds=args.inner_folds,
+        num_samples=args.samples, epochs=args.epochs, mode=args.mode, inner_folds=args.inner_folds, outer_folds=args.outer_folds,
         max_concurrent_trials=args.max_concurrent_trials, final_run=not args.no_final_run, out=args.out, name=args.name,
     )
     summary = run_sweep(config)
-    print(f"sweep: best val UAR {summary['best_val_uar']:.3f} over {summary['n_trials']} trials; {summary['objective']}")
+    if summary["mode"] == "nested":
+        print(f"nested sweep: {summary['n_trials']} trials over outer folds {summary['swept_folds']}; mean chosen inner val UAR "
+              f"{summary['best_val_uar']:.3f}; {summary['objective']}")
+        for fold, choice in summary["fold_configs"].items():
+            print(f"  outer fold {fold}: {choice['source']} {choice['train_overrides'] or ''}")
+    else:
+        print(f"shared sweep: best val UAR {summary['best_val_uar']:.3f} over {summary['n_trials']} trials; {summary['objective']}")
     print(f"results table: {summary['results_table']}")
     final = summary["final_summary"]
     if final:
+        unseen = final["unseen_by_sweep"]
         print(f"final k-fold run (test scores): UAR {final['uar']:.3f}  WAR {final['war']:.3f}  -> {final['run_dir']}")
+        print(f"test speakers unseen by the sweep that chose their fold's config: {unseen['test_speakers_unseen']} of "
+              f"{unseen['test_speakers_total']}; folds whose test part the sweep read: {unseen['folds_read'] or 'none'}")
 
 
 SUBCOMMANDS = [_add_prepare, _add_extract, _add_train, _add_tune, _add_evaluate, _add_cross_matrix, _add_predict, _add_export, _add_serve]

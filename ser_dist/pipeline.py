@@ -2,9 +2,12 @@
 
 Steps in brackets run when the config asks for them:
 
-- `sweep.enabled`: Ray Tune searches `sweep.space` on the training sides of the first
-  `sweep.inner_folds` outer folds (test folds never read); the best config then gets the k-fold run
-  (`<name>_..._tune_final`), whose test scores are reported apart from the sweep's validation score.
+- `sweep.enabled`: Ray Tune searches `sweep.space`. Nested (`sweep.mode`, the default): one search per
+  outer fold on that fold's training side only (`sweep.inner_folds` inner folds), so no trial reads the
+  fold's test utterances; the k-fold run (`<name>_..._tune_final`) then trains each fold once with its own
+  chosen config. Shared: one search on the training sides of the first `sweep.inner_folds` outer folds,
+  whose reports list the other folds' test speakers it read. Test scores are reported apart from the
+  sweep's validation score.
 - `cross_corpus.targets`: each target corpus is extracted with the same feature config and scored by
   the k-fold run's fold ensemble through the explicit emotion mapping; one report per target.
 
@@ -35,7 +38,8 @@ class SweepStep:
     """The optional Ray Tune step; the searched values replace those of `PipelineConfig.train`."""
 
     enabled: bool = False
-    inner_folds: int = 2  # outer folds whose training sides make the objective
+    mode: str = "nested"  # nested (one search per outer fold, on its training side) | shared (one search; not nested)
+    inner_folds: int = 2  # nested: inner folds per outer fold's training side; shared: outer folds whose training sides make the objective
     num_samples: int = 8  # trials
     epochs: int | None = None  # per trial and in the final run; None = train.epochs
     grace_period: int = 5  # ASHA
@@ -127,13 +131,14 @@ def _sweep_then_final_run(config: PipelineConfig, features: str, base_name: str,
     step = config.sweep
     tune = TuneConfig(
         features_path=features, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
-        inner_folds=step.inner_folds, num_samples=step.num_samples, epochs=step.epochs or config.train.epochs,
+        mode=step.mode, inner_folds=step.inner_folds, num_samples=step.num_samples, epochs=step.epochs or config.train.epochs,
         grace_period=step.grace_period, reduction_factor=step.reduction_factor, space=step.space, base=config.train,
         out=config.runs_out, name=f"{base_name}_tune", final_run=True,
     )
     sweep = run_sweep(tune)
-    outputs["sweep"] = {k: sweep.get(k) for k in ("run", "location", "objective", "best_val_uar", "best_params", "n_trials",
-                                                  "n_errors", "sweep_wall_s", "results_table")}
+    outputs["sweep"] = {k: sweep.get(k) for k in ("run", "location", "mode", "objective", "best_val_uar", "best_params", "fold_configs",
+                                                  "n_trials", "n_errors", "sweep_wall_s", "results_table")}
+    outputs["sweep"]["unseen_by_sweep"] = (sweep.get("final_summary") or sweep)["unseen_by_sweep"]
     final_name = f"{base_name}_tune_final"
     return RunFolder(as_location(config.runs_out) / final_name).read_summary(), final_name
 

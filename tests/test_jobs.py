@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from ser_dist.errors import ConfigError
+from ser_dist.runs import RunFolder, RunFolds
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the head runs this venv's `ray`, so the job's `python` is this venv's too
@@ -357,10 +358,22 @@ def test_pipeline_job_submitted_to_a_token_auth_head(head, tmp_path, emodb_root,
     assert report
     assert (run_dir / "report.xlsx").stat().st_size > 0
     pipeline = json.loads((run_dir / "pipeline.json").read_text())
-    # the sweep ran on the training sides only, and saved its table
+    # the sweep was nested (one search of 2 trials per outer fold, on its training side), and saved its table
     sweep_dir = runs_out / "tiny_EMODB_LOGMEL_speaker_kfold_tune"
-    assert pipeline["sweep"]["n_trials"] == 2 and (sweep_dir / "tune_results.csv").is_file()
-    assert "never read" in pipeline["sweep"]["objective"]
+    assert pipeline["sweep"]["mode"] == "nested" and (sweep_dir / "tune_results.csv").is_file()
+    assert pipeline["sweep"]["n_trials"] == 2 * len(pipeline["sweep"]["fold_configs"]) == 4
+    # what each outer fold's search read (the sweep's folds.json) against what that fold of the final run tested
+    sweep_folds, final_folds = RunFolds.load(sweep_dir / "folds.json"), RunFolder(run_dir).read_folds()
+    assert sorted(sweep_folds.extra["swept_folds"]) == [f.index for f in final_folds.folds] == [0, 1]
+    everything = set().union(*(set(f.test) for f in final_folds.folds))
+    assert len(everything) == summary["n_test"]
+    for outer, tested in zip(sweep_folds.folds, final_folds.folds, strict=True):
+        read = set(outer.train) | set(outer.val)
+        assert set(tested.test) == set(outer.test) and not read & set(tested.test) and read == everything - set(tested.test)
+        speakers_read = {s for other in final_folds.folds if set(other.test) & read for s in other.test_speakers}
+        assert len(tested.test_speakers) == 2 and not speakers_read & set(tested.test_speakers)
+        assert {u[:2] for u in read} == set(SUBSET_SPEAKERS) - {u[:2] for u in tested.test}  # EMODB ids start with the speaker
+    assert pipeline["sweep"]["unseen_by_sweep"]["share_of_test_speakers_unseen"] == 1.0
     # cross-corpus EMODB -> RAVDESS through the mapping (calm, surprise -> neutral: all 16 kept)
     (cross,) = pipeline["cross_corpus"]
     assert cross["target"] == "RAVDESS" and cross["n"] == 16 and cross["normalization"] == "target"

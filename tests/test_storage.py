@@ -203,14 +203,15 @@ def test_sweep_state_and_results_live_on_s3(ray_cluster, s3_root, emodb_subset):
     space = SearchSpace(lr=(1e-3, 1e-2), weight_decay=(1e-4, 1e-2), dropout=(0.0, 0.1), width=(8,), n_blocks=(2,),
                         batch_size=(8,), label_smoothing=(0.0, 0.1))
     runs = s3(s3_root, "sweeps")
-    tune = TuneConfig(features_path=directory.uri, protocol="loso", inner_folds=1, num_samples=2, epochs=1, grace_period=1,
-                      space=space, base=base, out=runs.uri, name="sweep", final_run=False)
+    tune = TuneConfig(features_path=directory.uri, protocol="loso", inner_folds=1, outer_folds=(0,), num_samples=2, epochs=1,
+                      grace_period=1, space=space, base=base, out=runs.uri, name="sweep", final_run=False)  # nested, outer fold 0
     summary = run_sweep(tune)
     sweep = runs / "sweep"
     results = pd.read_csv(io.BytesIO((sweep / "tune_results.csv").read_bytes()))
     assert len(results) == 2 and (results["status"] != "error").all()
     assert (sweep / "tune_summary.json").is_file() and (sweep / "sweep_config.json").is_file()
-    assert (sweep / "tune" / "sweep").is_dir()  # Ray Tune's experiment state followed the URI
+    assert (sweep / "tune" / "outer_fold_0").is_dir()  # Ray Tune's experiment state followed the URI
+    assert (sweep / "outer_fold_0" / "choice.json").is_file() and (sweep / "folds.json").is_file()
     again = run_sweep(tune)  # restored from the bucket: the same trials, none new
     rerun = pd.read_csv(io.BytesIO((sweep / "tune_results.csv").read_bytes()))
     assert set(rerun["trial_id"]) == set(results["trial_id"]) and again["best_val_uar"] == summary["best_val_uar"]
