@@ -1,15 +1,19 @@
-"""Sweep benchmark: does a Ray Tune sweep beat the untuned TIM-Net on EMODB LOGMEL, leave-one-speaker-out?
+"""Sweep benchmark: does a nested Ray Tune sweep beat the untuned TIM-Net on EMODB LOGMEL, leave-one-speaker-out?
 
-Protocol: the sweep (Optuna + ASHA) scores each trial by validation UAR on the training sides of the
-first --inner-folds LOSO folds only (validation speakers carved from each training side; test speakers
-never read by a trial). The best config then gets a full 10-fold LOSO run whose pooled test UAR is
-compared with the untuned config's LOSO UAR from bench/results/accuracy.json (same folds, same
-seed, same base options; the untuned run trained 50 epochs). The search space includes the feature
-normalisation (training-part statistics, or each speaker's own statistics: transductive, the test
-speaker's unlabelled audio sets its own statistics). Caveat, also in the JSON: with LOSO, the test
-speakers of folds >= --inner-folds were in the sweep's training sides, so the final run's folds that
-the sweep never read are reported apart (`unseen_by_sweep`).
-Writes bench/results/sweep.json.
+Protocol: a nested sweep (Optuna + ASHA, --trials per outer fold). For each of the 10 LOSO outer folds,
+only that fold's training side (training + validation speakers) is shipped to the trials; --inner-folds
+inner LOSO folds are made from those rows alone (each trains on the other training-side speakers and is
+scored on one held-out speaker), and the fold's config is its best trial's. The final 10-fold LOSO run
+then trains and tests every outer fold once with its own config; its pooled test UAR is compared with the
+untuned config's LOSO UAR from bench/results/accuracy.json (same folds, same seed, same base options; the
+untuned run trained 50 epochs). Every test speaker is unseen by the sweep that chose its fold's config
+(`unseen_by_sweep`, must be 100 %). For comparison, the cheaper shared sweep (one search on the training
+sides of the first --shared-inner-folds outer folds, which hold the other folds' test speakers) is timed
+on the same trials budget per search; its final run is optional (--shared-final). The search space
+includes the feature normalisation (training-part statistics, or each speaker's own statistics:
+transductive, the test speaker's unlabelled audio sets its own statistics).
+Writes bench/results/sweep.json; --smoke writes bench/results/sweep_smoke.json instead (a check that the
+bench runs, not a result).
 """
 
 from __future__ import annotations
@@ -40,11 +44,20 @@ def base_config() -> TrainConfig:
     return TrainConfig(epochs=50, patience=16, batch_size=32, lr=2e-3, model=model, augment=AugmentOptions())
 
 
+def _folds(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--inner-folds", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=8, help="trials per search (per outer fold when nested)")
+    parser.add_argument("--inner-folds", type=int, default=2, help="inner LOSO folds per outer fold's training side")
+    parser.add_argument("--shared-inner-folds", type=int, default=2, help="outer folds whose training sides the shared sweep reads")
     parser.add_argument("--epochs", type=int, default=30, help="most epochs per trial and in the final run")
+    parser.add_argument("--outer-folds", type=_folds, default=None, help="sweep only these outer folds (e.g. 0,1; smoke runs); default all")
+    parser.add_argument("--skip-shared", action="store_true", help="do not time the shared sweep")
+    parser.add_argument("--shared-final", action="store_true", help="also run the shared sweep's final 10-fold run")
+    parser.add_argument("--smoke", action="store_true", help="a check that the bench runs: writes sweep_smoke.json, not sweep.json")
     parser.add_argument("--data-root", default=str(SHARED / "data"))
     parser.add_argument("--features-out", default=str(REPO / "data" / "features"))
     parser.add_argument("--runs", default=str(REPO / "runs" / "bench_sweep"))
@@ -55,33 +68,71 @@ def main() -> None:
     features = extract(ExtractConfig(corpus="EMODB", features="LOGMEL", data_root=args.data_root, out=args.features_out)).directory
     space = SearchSpace(lr=(3e-4, 3e-3), weight_decay=(1e-4, 1e-1), dropout=(0.0, 0.4), width=(32, 64), n_blocks=(6, 8),
                         batch_size=(16, 32), label_smoothing=(0.0, 0.2), normalization=("train_global", "per_speaker"))
-    config = TuneConfig(features_path=str(features), protocol="loso", seed=0, inner_folds=args.inner_folds,
-                        num_samples=args.trials, epochs=args.epochs, grace_period=5, reduction_factor=3, space=space,
-                        base=base_config(), out=args.runs, name=f"emodb_logmel_loso_t{args.trials}_i{args.inner_folds}_e{args.epochs}",
-                        final_run=True)
+    tag = f"t{args.trials}_e{args.epochs}" + ("_smoke" if args.smoke else "")
+    outer = "" if args.outer_folds is None else "_o" + "-".join(map(str, args.outer_folds))
+    common = {"features_path": str(features), "protocol": "loso", "seed": 0, "num_samples": args.trials, "epochs": args.epochs,
+              "grace_period": min(5, args.epochs), "reduction_factor": 3, "space": space, "base": base_config(), "out": args.runs}
+    nested_config = TuneConfig(**common, mode="nested", inner_folds=args.inner_folds, outer_folds=args.outer_folds,
+                               name=f"emodb_logmel_loso_nested_{tag}_i{args.inner_folds}{outer}", final_run=True)
     started = time.perf_counter()
-    summary = run_sweep(config)
-    wall = time.perf_counter() - started
+    nested = run_sweep(nested_config)
+    nested_wall = time.perf_counter() - started
+
+    shared, shared_wall = None, None
+    if not args.skip_shared:
+        shared_config = TuneConfig(**common, mode="shared", inner_folds=args.shared_inner_folds,
+                                   name=f"emodb_logmel_loso_shared_{tag}_i{args.shared_inner_folds}", final_run=args.shared_final)
+        started = time.perf_counter()
+        shared = run_sweep(shared_config)
+        shared_wall = time.perf_counter() - started
+
     untuned = _untuned_loso_uar()
-    final = summary["final_summary"] or {}
+    final = nested["final_summary"] or {}
+    unseen = final.get("unseen_by_sweep") or nested["unseen_by_sweep"]
     figures = [
-        {"figure": "sweep best validation UAR (inner folds, no test data)", "value": summary["best_val_uar"]},
-        {"figure": "tuned config, EMODB LOSO pooled test UAR", "value": final.get("uar")},
-        {"figure": "tuned config, EMODB LOSO pooled test WAR", "value": final.get("war")},
+        {"figure": "nested: tuned per outer fold, EMODB LOSO pooled outer test UAR", "value": final.get("uar")},
+        {"figure": "nested: pooled outer test WAR", "value": final.get("war")},
         {"figure": "untuned config, EMODB LOSO pooled test UAR (bench/results/accuracy.json)", "value": untuned},
-        {"figure": "sweep + final run wall time (s)", "value": wall},
-        {"figure": "sweep alone wall time (s)", "value": summary["sweep_wall_s"]},
+        {"figure": "nested: share of test speakers unseen by their fold's sweep", "value": unseen["share_of_test_speakers_unseen"]},
+        {"figure": "nested: mean chosen inner validation UAR (no outer test data)", "value": nested["best_val_uar"]},
+        {"figure": "nested: sweeps alone wall time (s)", "value": nested["sweep_wall_s"]},
+        {"figure": "nested: sweeps + final run wall time (s)", "value": nested_wall},
     ]
-    targets = []
+    if shared is not None:
+        figures += [
+            {"figure": "shared: sweep alone wall time (s)", "value": shared["sweep_wall_s"]},
+            {"figure": "shared: share of test speakers unseen by the sweep",
+             "value": (shared["final_summary"] or shared)["unseen_by_sweep"]["share_of_test_speakers_unseen"]},
+        ]
+        if shared["final_summary"]:
+            figures += [{"figure": "shared: pooled test UAR (not nested)", "value": shared["final_summary"]["uar"]},
+                        {"figure": "shared: sweep + final run wall time (s)", "value": shared_wall}]
+    targets = [{"target": "every test speaker unseen by its fold's sweep", "measured": unseen["share_of_test_speakers_unseen"],
+                "reference": 1.0, "met": unseen["share_of_test_speakers_unseen"] == 1.0}]
     if untuned is not None and final.get("uar") is not None:
-        targets.append({"target": "tuned LOSO UAR > untuned", "measured": final["uar"], "reference": untuned, "met": bool(final["uar"] > untuned)})
-    write_result("sweep", {
+        targets.append({"target": "nested tuned LOSO UAR > untuned", "measured": final["uar"], "reference": untuned,
+                        "met": bool(final["uar"] > untuned)})
+    fold_configs = [{"fold": int(k), **{key: v for key, v in c.items() if key != "train_overrides"},
+                     **{f"chosen_{key}": v for key, v in _flat(c["train_overrides"]).items()}}
+                    for k, c in sorted(nested["fold_configs"].items(), key=lambda kv: int(kv[0]))]
+    write_result("sweep_smoke" if args.smoke else "sweep", {
+        "smoke_run": bool(args.smoke),
         "protocol_notes": __doc__.split("\n\n")[1], "config": {**vars(args), "search_space": asdict(space), "base": base_config().to_dict()},
-        "figures": figures, "targets": targets, "best_params": summary["best_params"], "n_trials": summary["n_trials"],
-        "n_errors": summary["n_errors"], "objective": summary["objective"],
-        "final": {k: final.get(k) for k in ("uar", "war", "macro_f1", "fold_uar", "n_test", "unseen_by_sweep", "note")},
-        "results_table": _relative(summary["results_table"]),
+        "figures": figures, "targets": targets, "fold_configs": fold_configs,
+        "nested": {"objective": nested["objective"], "swept_folds": nested["swept_folds"], "not_swept_folds": nested["not_swept_folds"],
+                   "n_trials": nested["n_trials"], "n_errors": nested["n_errors"], "results_table": _relative(nested["results_table"]),
+                   "final": {k: final.get(k) for k in ("uar", "war", "macro_f1", "fold_uar", "n_test", "swept_folds", "note")},
+                   "unseen_by_sweep": {k: v for k, v in unseen.items() if k != "per_fold"}},
+        "shared": None if shared is None else {
+            "objective": shared["objective"], "best_params": shared["best_params"], "n_trials": shared["n_trials"],
+            "test_read": {k: v for k, v in shared["test_read"].items() if k != "per_fold"}, "sweep_wall_s": shared["sweep_wall_s"],
+            "final": None if not shared["final_summary"] else {k: shared["final_summary"].get(k) for k in ("uar", "war", "fold_uar", "n_test")},
+        },
     })
+
+
+def _flat(overrides: dict) -> dict:
+    return {k: v for k, v in overrides.items() if k != "model"} | {f"model.{k}": v for k, v in overrides.get("model", {}).items()}
 
 
 def _untuned_loso_uar() -> float | None:
