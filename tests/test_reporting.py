@@ -237,3 +237,14 @@ def test_heatmap_png_with_a_missing_cell(tmp_path: Path):
     path = heatmap_png(tmp_path / "cross" / "uar.png", matrix, title="cross-corpus UAR", fmt=".2f")
     assert path == tmp_path / "cross" / "uar.png"
     assert_png(path)
+
+
+def test_run_report_states_normalisation_and_transductive(run_dir: Path):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["normalization"] = {"mode": "per_speaker", "transductive": True, "statistics": "each speaker's own frames"}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    report = write_run_report(run_dir)
+    assert report["protocol"]["normalization"] == "per_speaker" and report["protocol"]["transductive"] is True
+    _, rows = sheet_rows(load_workbook(run_dir / "report.xlsx")["summary"])
+    protocol = {key: value for section, key, value in rows if section == "protocol"}
+    assert protocol["normalization"] == "per_speaker" and protocol["transductive"] in (True, "True", "true")

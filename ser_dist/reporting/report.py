@@ -102,6 +102,9 @@ def write_run_report(run_dir: Path | str | RunFolder) -> dict:
         )
 
     protocol = summary.get("protocol") or run_config.get("protocol")
+    normalization = summary.get("normalization")
+    if protocol and isinstance(normalization, Mapping):  # how inputs were normalised, and whether that read test audio
+        protocol = dict(protocol) | {"normalization": normalization.get("mode"), "transductive": normalization.get("transductive")}
     skipped = _skipped_files(run_config.get("feature_metadata", {}))
     headline = {key: summary[key] for key in SUMMARY_FIELDS[:4] if key in summary}
     headline |= {"n": n_test, "n_folds": len(results), "n_skipped": len(skipped)}
