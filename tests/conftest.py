@@ -94,3 +94,11 @@ def ray_cluster():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that uses the local Ray cluster is `ray` and `slow`, so `-m "not slow"` is the quick loop."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.slow)
