@@ -41,8 +41,11 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     part, rest = argv[0], argv[1:]
     if part == "all":
+        if rest:
+            print("bench/scale.py all takes no options; give them to one part at a time", file=sys.stderr)
+            return 2
         for name in PARTS:
-            run_part(name, rest)
+            run_part(name, [])
         return 0
     if part not in PARTS:
         print(f"bench/scale.py: unknown part {part!r}; expected one of {', '.join([*PARTS, 'all'])}", file=sys.stderr)
