@@ -111,6 +111,60 @@ def plain_loop(manifest: pd.DataFrame, out_dir: Path, batch_size: int) -> float:
     return audio_s
 
 
+def cpu_stages(emodb_dir: Path, batch_size: int, repeats: int = 3) -> dict:
+    """CPU seconds (process_time, one thread) of load / compute / write over one EMODB pass, best of `repeats`.
+
+    CPU time, unlike wall time, barely moves when other processes share the cores, so it compares two
+    libraries fairly on a busy machine (it leaves out Ray's own costs)."""
+    import torch
+
+    from ser_dist.audio import load_audio
+    from ser_dist.corpora import prepare
+    from ser_dist.features.compute import FeatureComputer
+    from ser_dist.features.config import FeatureConfig
+    from ser_dist.features.store import features_to_table, write_part_atomically
+
+    torch.set_num_threads(1)
+    manifest = prepare("EMODB", emodb_dir).sort_values("duration_s", kind="stable")
+    computer = FeatureComputer(FeatureConfig())
+    best: dict | None = None
+    for _ in range(repeats):
+        spent = {"load": 0.0, "compute": 0.0, "write": 0.0}
+        with tempfile.TemporaryDirectory() as out:
+            for start in range(0, len(manifest), batch_size):
+                batch = manifest.iloc[start : start + batch_size]
+                t0 = time.process_time()
+                signals = [load_audio(path) for path in batch["path"]]
+                t1 = time.process_time()
+                matrices = computer.compute(signals)
+                t2 = time.process_time()
+                write_part_atomically(out, features_to_table(batch, matrices, "float32", provenance={"dim": 128, "encoder": {}}))
+                t3 = time.process_time()
+                spent["load"] += t1 - t0
+                spent["compute"] += t2 - t1
+                spent["write"] += t3 - t2
+        if best is None or sum(spent.values()) < sum(best.values()):
+            best = spent
+    total = sum(best.values())
+    return {"cpu_s": {k: round(v, 3) for k, v in best.items()}, "total_cpu_s": round(total, 3),
+            "audio_s": round(float(manifest["duration_s"].sum()), 1),
+            "audio_s_per_cpu_s": round(float(manifest["duration_s"].sum()) / total, 1), "repeats": repeats}
+
+
+def write_cpu_stages(args: argparse.Namespace, batch_size: int) -> None:
+    import ser_dist
+
+    load_before = os.getloadavg()
+    row = {"label": args.label, **cpu_stages(args.shared / "data" / "emodb", batch_size),
+           "library": str(Path(ser_dist.__file__).resolve().parents[1]),
+           "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()]}
+    path = RESULTS_DIR / f"{args.output}_cpu_stages.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    rows = [r for r in previous.get("figures", []) if r.get("label") != args.label] + [row]
+    write_result(f"{args.output}_cpu_stages", {"figures": rows, "notes": [cpu_stages.__doc__.split("\n\n")[0] + " One EMODB pass, batches of "
+                                                                       f"{batch_size} length-sorted utterances, float32 parts."]})
+
+
 def measure(name: str, run, manifest: pd.DataFrame, work_dir: Path) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_dir))
     load_before = os.getloadavg()
@@ -151,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=None, help="where the table and temporary stores go")
     parser.add_argument("--output", default="scale_extract")
     parser.add_argument("--note", default=None)
+    parser.add_argument("--cpu-stages", action="store_true",
+                        help="only the CPU seconds of load/compute/write over one EMODB pass (-> <output>_cpu_stages.json)")
     args = parser.parse_args(argv)
 
     import ser_dist
@@ -159,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     from ser_dist.features.extract import ExtractionOptions, extract_features
 
     batch_size = args.batch_size or ExtractionOptions().batch_size
+    if args.cpu_stages:
+        write_cpu_stages(args, batch_size)
+        return
     work_dir = Path(tempfile.mkdtemp(prefix="scale-extract-", dir=args.work_dir))
     rows = []
     try:

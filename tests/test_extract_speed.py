@@ -12,7 +12,13 @@ import torch
 from ser_dist.audio import load_audio
 from ser_dist.features.config import LogMelConfig
 from ser_dist.features.logmel import LogMelExtractor, banded_filterbank
-from ser_dist.features.store import META_COLUMNS, features_to_table, load_features, write_part_atomically, write_metadata
+from ser_dist.features.store import (
+    META_COLUMNS,
+    features_to_table,
+    load_features,
+    write_metadata,
+    write_part_atomically,
+)
 
 FILES = ["03a01Fa.wav", "08a01Ab.wav", "16b10Td.wav", "11a04Ac.wav"]
 
