@@ -25,15 +25,17 @@ def load_audio(path: Path | str, *, sample_rate: int = TARGET_SAMPLE_RATE, min_s
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "no such file")
-    try:
-        info = sf.info(str(path))
-        samples, native_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    try:  # one open: the header fields come from the same handle that reads the samples
+        with sf.SoundFile(str(path)) as handle:
+            container, subtype_info = handle.format, handle.format_info
+            samples = handle.read(dtype="float32", always_2d=True)
+            native_rate = handle.samplerate
     except Exception as exc:  # libsndfile raises several types for non-audio bytes
         raise AudioError(path, f"not a readable audio file ({type(exc).__name__}: {exc})") from exc
-    if path.suffix.lower() == ".wav" and info.format not in ("WAV", "WAVEX", "RF64", "W64"):
-        raise AudioError(path, f"named .wav but its content is {info.format} ({info.format_info}); convert it to WAV")
-    if info.format not in _READABLE_FORMATS:
-        raise AudioError(path, f"unsupported container {info.format}")
+    if path.suffix.lower() == ".wav" and container not in ("WAV", "WAVEX", "RF64", "W64"):
+        raise AudioError(path, f"named .wav but its content is {container} ({subtype_info}); convert it to WAV")
+    if container not in _READABLE_FORMATS:
+        raise AudioError(path, f"unsupported container {container}")
     return prepare_signal(samples, native_rate, sample_rate=sample_rate, min_samples=min_samples, source=path)
 
 
