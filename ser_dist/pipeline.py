@@ -76,6 +76,9 @@ class PipelineConfig:
     n_folds: int | None = None
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
+    # k-fold: save each fold's whole trainer state every this many epochs, so a fold whose worker (or
+    # worker node) is lost resumes there instead of at epoch 0; 0 = only the final checkpoint
+    checkpoint_every: int = 1
     sweep: SweepStep = field(default_factory=SweepStep)
     cross_corpus: CrossCorpusStep = field(default_factory=CrossCorpusStep)
 
@@ -107,6 +110,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         summary = run_kfold(KFoldConfig(
             features_path=str(features), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
             out=config.runs_out, name=run_name, train=config.train, val_fraction=config.val_fraction,
+            checkpoint_every=config.checkpoint_every,
         ))
     run = RunFolder(as_location(config.runs_out) / run_name)
     outputs["run"] = run.location.redacted()

@@ -17,6 +17,7 @@ uploaded after every fold (a rerun downloads them first, so finished folds are s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -62,8 +63,14 @@ class KFoldConfig:
     # Per-fold TrainConfig overrides on top of `train` ({fold: {"lr": ..., "model": {"width": ...}}}), e.g. the
     # config a nested sweep chose for each outer fold; recorded in each fold's result.json and in summary.json.
     fold_train: dict[int, dict] = field(default_factory=dict)
+    # Every this many epochs a fold's workers save their whole trainer state (weights, optimiser, schedule,
+    # random generators, best-so-far) to Ray Train storage; a worker or node lost mid-fold then resumes from
+    # the last one instead of epoch 0. 0 = only the final checkpoint. Does not change results (not fingerprinted).
+    checkpoint_every: int = 1
 
     def __post_init__(self):
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 (0 = no resume checkpoints), got {self.checkpoint_every}")
         object.__setattr__(self, "fold_train", {int(k): dict(v) for k, v in (self.fold_train or {}).items()})
         for fold, overrides in self.fold_train.items():
             fixed = sorted(set(overrides) & FOLD_FIXED_KEYS)
@@ -87,7 +94,7 @@ class KFoldConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes a fold's result (not the output location)."""
-        blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name")}
+        blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name", "checkpoint_every")}
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
         if not blob["fold_train"]:
             del blob["fold_train"]  # runs from before per-fold overrides keep their fingerprint
@@ -112,7 +119,9 @@ def duplicate_groups(table: FeatureTable) -> np.ndarray:
 
 
 def train_fold_worker(loop_config: dict) -> None:
-    """Ray Train worker function: one fold, DDP across the fold's workers when there are several."""
+    """Ray Train worker function: one fold, DDP across the fold's workers when there are several.
+
+    Resumes from the fold's last resume checkpoint when Ray Train restarted it (ser_dist.training.resume)."""
     import ray
     import ray.train
     import ray.train.torch
@@ -120,7 +129,8 @@ def train_fold_worker(loop_config: dict) -> None:
 
     from ser_dist.training.checkpoint import save_checkpoint
     from ser_dist.training.data import normalise
-    from ser_dist.training.loop import FoldData, fit_fold
+    from ser_dist.training.loop import FoldData
+    from ser_dist.training.resume import ResumeRecord, fit_fold_resumable, usable_resume_state
 
     payload = ray.get(loop_config["payload"])
     config = TrainConfig.from_dict(loop_config["train"])
@@ -141,10 +151,22 @@ def train_fold_worker(loop_config: dict) -> None:
     wrap = ray.train.torch.prepare_model if world_size > 1 else (lambda m: m)
     fold = loop_config["fold"]
 
-    def on_epoch(metrics: dict) -> None:
-        ray.train.report({"fold": fold, **metrics})
+    previous = ray.train.get_checkpoint()
+    if previous is not None and _report_final_again(previous, fold):
+        return
+    record = ResumeRecord(fold=fold, fingerprint=loop_config["fingerprint"], world_size=world_size)
 
-    outcome = fit_fold(data, config, device=device, rank=rank, world_size=world_size, wrap_model=wrap, on_epoch=on_epoch)
+    def on_epoch(metrics: dict, state_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(state_dir)) if state_dir is not None else None
+        ray.train.report({"fold": fold, **metrics}, checkpoint=checkpoint,
+                         checkpoint_dir_name=f"epoch_{metrics['epoch']:04d}" if checkpoint is not None else None)
+
+    with (previous.as_directory() if previous is not None else contextlib.nullcontext()) as previous_dir:
+        resume_from = usable_resume_state(previous_dir, fold=fold, fingerprint=record.fingerprint, rank=rank, world_size=world_size)
+    outcome, record = fit_fold_resumable(
+        data, config, record=record, node_id=ray.get_runtime_context().get_node_id(), resume_from=resume_from,
+        checkpoint_every=int(loop_config.get("checkpoint_every", 1)), report=on_epoch, device=device, rank=rank, wrap_model=wrap,
+    )
     final = {"fold": fold, "epoch": len(outcome.history) + 1, "final": True, "test_uar": outcome.test_report.get("uar", float("nan"))}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -153,7 +175,8 @@ def train_fold_worker(loop_config: dict) -> None:
                 tmp, model_config=outcome.model_config, state_dict=outcome.best_state, standardizer=standardizer,
                 labels=payload["labels"], feature_config=payload["feature_config"],
                 extra={"fold": fold, "best_epoch": outcome.best_epoch, "best_val_uar": outcome.best_val_uar,
-                       "train_config": config.to_dict(), "normalization": config.normalization, "corpus": payload["corpus"]},
+                       "train_config": config.to_dict(), "normalization": config.normalization, "corpus": payload["corpus"],
+                       **record.summary()},
             )
             (Path(tmp) / "outcome.json").write_text(json.dumps(
                 {"history": outcome.history, "test_predictions": outcome.test_predictions, "test_report": outcome.test_report,
@@ -162,6 +185,23 @@ def train_fold_worker(loop_config: dict) -> None:
             ))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(final, checkpoint=checkpoint, checkpoint_dir_name="final")
+
+
+def _report_final_again(previous, fold: int) -> bool:
+    """A restart after the final checkpoint was already saved reports it again instead of training anew."""
+    import ray.train
+
+    with previous.as_directory() as directory:
+        if not (Path(directory) / "outcome.json").is_file():
+            return False
+        meta = json.loads((Path(directory) / "checkpoint.json").read_text())
+        logger.info("fold %d: the final checkpoint was saved before the restart; reporting it again", fold)
+        if ray.train.get_context().get_world_rank() == 0:
+            ray.train.report({"fold": fold, "epoch": meta.get("best_epoch", 0), "final": True},
+                             checkpoint=ray.train.Checkpoint.from_directory(directory), checkpoint_dir_name="final_again")
+        else:
+            ray.train.report({"fold": fold, "final": True}, checkpoint=None)
+    return True
 
 
 def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: int):
@@ -186,6 +226,20 @@ def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: in
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold} finished without a checkpoint: {result.error}")
     return result.checkpoint
+
+
+def fold_controller_task():
+    """`_fit_fold_remote` as a zero-CPU task pinned to this (the driver's) node.
+
+    Ray Train V2 puts a fit's controller actor on the node of the process that calls `fit()`, so a fold
+    whose controller sat on a worker node would die with that node. Pinned here, only the fold's workers
+    run on worker nodes; a lost worker node costs a restart of the worker group, which resumes from the
+    fold's last checkpoint (FailureConfig(max_failures=2), KFoldConfig.checkpoint_every)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    return ray.remote(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))(_fit_fold_remote)
 
 
 def run_kfold(config: KFoldConfig) -> dict:
@@ -251,7 +305,7 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
             for k in needed
         }
         train_dict = train.to_dict() | {"use_gpu": use_gpu}
-        remote = ray.remote(num_cpus=0)(_fit_fold_remote)
+        remote = fold_controller_task()
         per_fold = train.num_workers * (1 if use_gpu else train.cpus_per_worker)
         available = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)
         # default: as many folds as fit at once; more would only queue controllers that compete for CPU
@@ -264,6 +318,7 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
                     "payload": payloads[choice[fold.index][0]], "target": target, "target_normalization": config.target_normalization,
                     "train": config.train_for(fold.index).to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
+                    "fingerprint": fingerprint, "checkpoint_every": config.checkpoint_every,
                 }
                 ref = remote.remote(loop_config, train_dict, location / "ray", fold.index)
                 running[ref] = fold
@@ -362,6 +417,9 @@ def _collect_fold(run: RunFolder, fold: Fold, checkpoint, fingerprint: str, *, f
         "best_epoch": meta["best_epoch"], "best_val_uar": meta["best_val_uar"], "epochs_run": len(outcome["history"]),
         "features": features, "feature_selection_val_uar": selection, "train_overrides": train_overrides or {},
         "last_epoch": outcome.get("last_epoch"), "last_epoch_uar": last.get("uar"), "last_epoch_war": last.get("war"),
+        # restarts of this fold (a lost worker or node): the epoch each continued from, and every attempt's node
+        "resumed_from_epochs": meta.get("resumed_from_epochs", []), "attempts": meta.get("attempts", []),
+        "worker_nodes": meta.get("worker_nodes", []),
         "report": report,
     }
     run.write_result(fold.index, result)  # written last: marks the fold finished

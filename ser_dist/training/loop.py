@@ -255,6 +255,8 @@ class FoldTrainer:
             "scheduler": self.scheduler.state_dict(), "rng": copy.deepcopy(self.rng.bit_generator.state),
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(), "best": copy.deepcopy(self.best),
             "since_best": self.since_best, "history": copy.deepcopy(self.history),
+            # dropout on a GPU draws from the CUDA generator, not the CPU one
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -265,6 +267,8 @@ class FoldTrainer:
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.best, self.since_best, self.history = copy.deepcopy(state["best"]), state["since_best"], copy.deepcopy(state["history"])
 
     def score(self, positions: np.ndarray) -> tuple[list[dict], dict]:
