@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -253,11 +254,12 @@ class FoldTrainer:
         self.trained.train()
         batches = self.source.train_batches(self.epoch, batch_size=config.batch_size, seed=config.seed, rank=self.rank,
                                             world_size=self.world_size)
-        total_loss, steps = 0.0, 0
+        total_loss, steps, started = 0.0, 0, time.perf_counter()
         for matrices, y in islice(batches, self.steps_per_epoch):  # equal steps on every rank
             total_loss += self.train_step(matrices, y)
             steps += 1
         self._train_loss = total_loss / max(1, steps)
+        self._train_seconds = time.perf_counter() - started
         return self._train_loss
 
     def train_step(self, matrices: list[np.ndarray], y_ids: np.ndarray) -> float:
@@ -302,7 +304,8 @@ class FoldTrainer:
     def validate(self) -> dict:
         """Score the validation part, update the best epoch; returns this epoch's metrics."""
         labels = self.source.labels
-        metrics = {"epoch": self.epoch, "train_loss": getattr(self, "_train_loss", float("nan")), "lr": self.scheduler.get_last_lr()[0]}
+        metrics = {"epoch": self.epoch, "train_loss": getattr(self, "_train_loss", float("nan")), "lr": self.scheduler.get_last_lr()[0],
+                   "train_seconds": getattr(self, "_train_seconds", float("nan"))}  # wall time of the epoch's training pass
         if not self.source.part_size("val"):
             if self.config.patience is not None:
                 raise ConfigError("the validation part is empty: early stopping and epoch selection need one "
