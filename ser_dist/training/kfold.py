@@ -305,7 +305,9 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable | FeatureIndex, staged: 
         per_fold = train.num_workers * (1 if use_gpu else train.cpus_per_worker)
         available = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)
         # default: as many folds as fit at once; more would only queue controllers that compete for CPU
-        limit = train.max_concurrent_folds or max(1, int(available // per_fold))
+        # streamed folds leave one CPU to Ray Data's reads, or every CPU goes to training workers that wait for data
+        spare = 1 if streaming and not use_gpu else 0
+        limit = train.max_concurrent_folds or max(1, int((available - spare) // per_fold))
         queue, running = list(pending), {}
         while queue or running:
             while queue and len(running) < limit:
