@@ -67,7 +67,7 @@ def build_store(feature: str, copies: int) -> Path:
             copy = copy.set_column(copy.schema.get_field_index("speaker"), "speaker",
                                    pa.array([s + suffix for s in copy.column("speaker").to_pylist()], pa.string()))
             copy = copy.set_column(copy.schema.get_field_index("features"), "features", features)
-            pq.write_table(copy, out / f"part-{Path(part.path).stem[5:]}{suffix}.parquet", compression="zstd")
+            pq.write_table(copy, out / f"part-c{c:02d}-{Path(part.path).stem[5:]}.parquet", compression="zstd")
             rows += copy.num_rows
     feature_config = dict(metadata.get("feature_config", {}), storage_dtype=dtype)
     write_metadata(out, metadata | {"status": "complete", "dataset_name": f"EMODB_{feature}_x{copies}", "feature_config": feature_config,

@@ -290,7 +290,7 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable | FeatureIndex, staged: 
             if target_table.dim != tables[0].dim:
                 raise ConfigError(f"adapt_to features {target_table.path} have dim {target_table.dim}, the source {tables[0].dim}")
             target = ray.put(target_table.features)
-        stream = StreamedFolds(table, labels, buffer_rows=config.stream_buffer_rows) if streaming else None
+        stream = StreamedFolds(table, labels, buffer_rows=config.stream_buffer_rows, seed=config.seed) if streaming else None
         payloads = {} if streaming else {
             k: ray.put({
                 "features": tables[k].features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),

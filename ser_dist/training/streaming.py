@@ -12,7 +12,7 @@ each row's matrix one record batch at a time. For each fold it then
   the fold's workers, validation and test are read whole by every worker.
 
 In the worker, `StreamSource` (a `ser_dist.training.loop.BatchSource`) reads its shard with
-`ray.train.get_dataset_shard`: a randomised block order plus a local shuffle buffer of
+`ray.train.get_dataset_shard`: the part files in a seeded random order plus a local shuffle buffer of
 `buffer_rows` rows; each buffer is sorted by length (with jitter) into batches whose order is
 shuffled, so batches are length-bucketed within a buffer. Validation and test rows are read in
 buffers too, scored, and returned sorted by utterance id.
@@ -20,9 +20,8 @@ buffers too, scored, and returned sorted by utterance id.
 Not supported when streaming (each raises a ConfigError that says so): per_speaker normalisation,
 candidate_features and adapt_to/LMMD; these need every row at once, use data_loading="memory".
 
-The block order comes from Ray Data (`randomize_block_order` without a seed), so two streamed
-runs of one configuration see different batch orders: results agree within run-to-run noise,
-not bit for bit.
+Ray Data does not preserve block order across parallel reads, so two streamed runs of one
+configuration can see different batch orders: results agree within run-to-run noise, not bit for bit.
 """
 
 from __future__ import annotations
@@ -77,11 +76,15 @@ def streamed_duplicate_groups(index: FeatureIndex, *, batch_rows: int = 256) -> 
     return pd.Series([digests[u] for u in index.meta["utterance_id"]]).factorize()[0]
 
 
-def stored_dataset(index: FeatureIndex):
-    """A Ray Dataset over the store's part files with the columns training needs."""
+def stored_dataset(index: FeatureIndex, *, seed: int | None = None):
+    """A Ray Dataset over the store's part files with the columns training needs; `seed` shuffles the file order
+    (instead of `randomize_block_order`, an all-to-all step that would hold every block of the part at once)."""
     import ray.data
 
-    return ray.data.read_parquet([p.path for p in index.parts], filesystem=index.parts[0].filesystem, columns=STREAM_COLUMNS)
+    paths = [p.path for p in index.parts]
+    if seed is not None:
+        paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
+    return ray.data.read_parquet(paths, filesystem=index.parts[0].filesystem, columns=STREAM_COLUMNS)
 
 
 def _keep_rows(batch: pa.Table, *, ids: pa.Array) -> pa.Table:
@@ -147,6 +150,7 @@ class StreamedFolds:
     index: FeatureIndex
     labels: list[str]
     buffer_rows: int = 256
+    seed: int = 0
 
     def __post_init__(self):
         if self.buffer_rows < 1:
@@ -162,7 +166,7 @@ class StreamedFolds:
         ids = {part: self.part_ids(getattr(fold, part)) for part in PARTS}
         datasets = {part: part_dataset(self.dataset, ids[part]) for part in PARTS if ids[part]}
         standardizer = train_statistics(datasets["train"], self.index.dim)
-        datasets["train"] = part_dataset(self.dataset.randomize_block_order(), ids["train"])
+        datasets["train"] = part_dataset(stored_dataset(self.index, seed=self.seed + 7919 * int(fold.index)), ids["train"])
         meta = self.index.meta
         spec = {
             "labels": self.labels, "input_dim": self.index.dim, "buffer_rows": self.buffer_rows,
