@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -88,6 +89,8 @@ def run_one(feature: str, copies: int, path: str, run_root: Path) -> dict:
     name = f"{feature}_x{copies}_{path}"
     train = TrainConfig(epochs=EPOCHS, patience=None, batch_size=32, warmup_epochs=1, model=ModelOptions(**MODEL))
     config = KFoldConfig(features_path=str(store), protocol="full", out=str(run_root), name=name, data_loading=path, train=train)
+    if (run_root / name).exists():  # a finished fold would be skipped, not measured
+        shutil.rmtree(run_root / name)
     with MemorySampler(os.getpid()) as memory:
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
