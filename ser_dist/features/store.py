@@ -162,6 +162,71 @@ def resolve_version(path: Path | str | Location, *, version: str | None = None) 
     return max(complete, key=lambda mv: mv[0].get("completed_at", ""))[1]
 
 
+def decode_features(column: pa.Array | pa.ChunkedArray, n_frames, dims) -> list[np.ndarray]:
+    """The store's flat `features` column -> one (n_frames_i, dim_i) float32 matrix per row."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)  # respects a slice's offset
+    offsets = column.offsets.to_numpy()
+    first = int(offsets[0]) if len(offsets) else 0  # a sliced column's offsets do not start at 0
+    return [
+        values[int(offsets[i]) - first : int(offsets[i + 1]) - first].reshape(int(t), int(d))
+        for i, (t, d) in enumerate(zip(n_frames, dims, strict=True))
+    ]
+
+
+@dataclass
+class FeatureIndex:
+    """A stored feature version without its matrices: `meta` (rows sorted by utterance_id, with n_frames and
+    dim), the version's metadata and its part files; for readers that stream the matrices."""
+
+    meta: pd.DataFrame
+    metadata: dict
+    path: Location
+    parts: list[Location]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"].iloc[0]) if len(self.meta) else int(self.metadata.get("dim", 0))
+
+    @property
+    def storage_dtype(self) -> str:
+        return str((self.metadata.get("feature_config") or {}).get("storage_dtype", "float32"))
+
+
+def _complete_parts(path: Path | str | Location, version: str | None, require_complete: bool) -> tuple[Location, dict, list[Location]]:
+    directory = resolve_version(path, version=version)
+    metadata = read_metadata(directory) or {}
+    if require_complete and metadata.get("status") != "complete":
+        raise FeatureStoreError(f"features at {directory} are incomplete (no finished metadata.json); rerun `ser-dist extract`")
+    parts = part_files(directory)
+    if not parts:
+        raise FeatureStoreError(f"no part files in {directory}")
+    return directory, metadata, parts
+
+
+def load_feature_index(path: Path | str | Location, *, version: str | None = None, require_complete: bool = True) -> FeatureIndex:
+    """The rows of a stored feature version (as `load_features` orders them) without reading the matrices."""
+    directory, metadata, parts = _complete_parts(path, version, require_complete)
+    columns = list(META_COLUMNS) + ["n_frames", "dim"]
+    table = pa.concat_tables([pq.read_table(p.path, columns=columns, filesystem=p.filesystem) for p in parts], promote_options="default")
+    meta = table.to_pandas()
+    meta = meta.iloc[np.argsort(meta["utterance_id"].to_numpy(), kind="stable")].reset_index(drop=True)
+    if meta["utterance_id"].duplicated().any():
+        raise FeatureStoreError(f"{directory} holds duplicate utterance ids; delete the folder and extract again")
+    return FeatureIndex(meta, metadata, directory, parts)
+
+
+def iter_stored_features(parts: list[Location], *, batch_rows: int = 256):
+    """(utterance ids, raw `features` column, n_frames, dims) per record batch of each part, one batch in memory at a time."""
+    for path in parts:
+        with path.filesystem.open_input_file(path.path) as handle:
+            reader = pq.ParquetFile(handle)
+            for batch in reader.iter_batches(batch_size=batch_rows, columns=["utterance_id", "n_frames", "dim", "features"]):
+                yield (batch.column("utterance_id").to_pylist(), batch.column("features"), batch.column("n_frames").to_numpy(),
+                       batch.column("dim").to_numpy())
+
+
 @dataclass
 class FeatureTable:
     """Features of one corpus in memory: `meta` rows aligned with `features` ((T_i, D) float32 each)."""
@@ -183,22 +248,10 @@ class FeatureTable:
 
 def load_features(path: Path | str | Location, *, version: str | None = None, require_complete: bool = True) -> FeatureTable:
     """Read a stored feature version (rows sorted by utterance_id) into memory."""
-    directory = resolve_version(path, version=version)
-    metadata = read_metadata(directory) or {}
-    if require_complete and metadata.get("status") != "complete":
-        raise FeatureStoreError(f"features at {directory} are incomplete (no finished metadata.json); rerun `ser-dist extract`")
-    parts = part_files(directory)
-    if not parts:
-        raise FeatureStoreError(f"no part files in {directory}")
+    directory, metadata, parts = _complete_parts(path, version, require_complete)
     table = pa.concat_tables([pq.read_table(p.path, filesystem=p.filesystem) for p in parts], promote_options="default")
     meta = table.select(list(META_COLUMNS) + ["n_frames", "dim"]).to_pandas()
-    column = table.column("features").combine_chunks()
-    values = column.values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    offsets = column.offsets.to_numpy()
-    features = [
-        values[offsets[i] : offsets[i + 1]].reshape(int(t), int(d))
-        for i, (t, d) in enumerate(zip(meta["n_frames"], meta["dim"], strict=True))
-    ]
+    features = decode_features(table.column("features"), meta["n_frames"], meta["dim"])
     order = np.argsort(meta["utterance_id"].to_numpy(), kind="stable")
     meta = meta.iloc[order].reset_index(drop=True)
     features = [features[i] for i in order]

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from ser_dist.errors import ConfigError
-from ser_dist.features.store import FeatureTable, load_features
+from ser_dist.features.store import FeatureIndex, FeatureTable, load_feature_index, load_features
 from ser_dist.runs import RunFolder, RunFolds
 from ser_dist.storage import Location, StagedDirectory, as_location
 from ser_dist.training.config import TrainConfig
@@ -67,10 +67,17 @@ class KFoldConfig:
     # random generators, best-so-far) to Ray Train storage; a worker or node lost mid-fold then resumes from
     # the last one instead of epoch 0. 0 = only the final checkpoint. Does not change results (not fingerprinted).
     checkpoint_every: int = 1
+    # memory: the driver loads the corpus and ray.put's it; stream: each fold's workers stream their parts from the
+    # Parquet store through Ray Data (ser_dist.training.streaming; train_global only); auto: stream when the
+    # store's float32 matrices exceed AUTO_STREAM_BYTES and the configuration allows it.
+    data_loading: str = "memory"
+    stream_buffer_rows: int = 256  # rows per shuffle buffer, each sorted by length into batches (stream only)
 
     def __post_init__(self):
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0 = no resume checkpoints), got {self.checkpoint_every}")
+        if self.data_loading not in DATA_LOADING:
+            raise ConfigError(f"data_loading must be one of {', '.join(DATA_LOADING)}, got {self.data_loading!r}")
         object.__setattr__(self, "fold_train", {int(k): dict(v) for k, v in (self.fold_train or {}).items()})
         for fold, overrides in self.fold_train.items():
             fixed = sorted(set(overrides) & FOLD_FIXED_KEYS)
@@ -98,7 +105,23 @@ class KFoldConfig:
         blob["train"] = {k: v for k, v in blob["train"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
         if not blob["fold_train"]:
             del blob["fold_train"]  # runs from before per-fold overrides keep their fingerprint
+        if blob["data_loading"] == "memory":  # in-memory runs keep the fingerprint they had before streaming existed
+            del blob["data_loading"], blob["stream_buffer_rows"]
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+DATA_LOADING = ("memory", "stream", "auto")
+AUTO_STREAM_BYTES = 4 * 2**30  # "auto" streams a store whose float32 matrices take more than this
+
+
+def resolve_data_loading(config: KFoldConfig, index: FeatureIndex) -> str:
+    """"memory" or "stream" for this configuration and store ("auto" streams large stores it can)."""
+    if config.data_loading != "auto":
+        return config.data_loading
+    size = 4 * int((index.meta["n_frames"].astype(np.int64) * index.meta["dim"].astype(np.int64)).sum())
+    streamable = (not config.candidate_features and not config.adapt_to
+                  and all(config.train_for(k).normalization == "train_global" for k in [*config.fold_train, -1]))
+    return "stream" if size > AUTO_STREAM_BYTES and streamable else "memory"
 
 
 FOLD_FIXED_KEYS = frozenset({"num_workers", "use_gpu", "cpus_per_worker", "max_concurrent_folds"})
@@ -132,21 +155,28 @@ def train_fold_worker(loop_config: dict) -> None:
     from ser_dist.training.loop import FoldData
     from ser_dist.training.resume import ResumeRecord, fit_fold_resumable, usable_resume_state
 
-    payload = ray.get(loop_config["payload"])
     config = TrainConfig.from_dict(loop_config["train"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(loop_config["threads"])))
-    train, val, test = (np.asarray(loop_config[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx"))
-    features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization)
-    target_features = None
-    if loop_config.get("target") is not None:
-        raw_target = ray.get(loop_config["target"])
-        from ser_dist.training.data import Standardizer
+    if loop_config.get("stream") is not None:  # the parts stream from the store (ser_dist.training.streaming)
+        from ser_dist.training.streaming import StreamSource
 
-        target_stats = standardizer if loop_config["target_normalization"] == "source" else Standardizer.fit(raw_target)
-        target_features = [target_stats.apply(m) for m in raw_target]
-    data = FoldData(payload["labels"], features, payload["y"], payload["utterance_ids"], train, val, test, standardizer, target_features)
+        payload = loop_config["stream"]
+        data = StreamSource.from_train_context(payload)
+        standardizer = data.standardizer
+    else:
+        payload = ray.get(loop_config["payload"])
+        train, val, test = (np.asarray(loop_config[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx"))
+        features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization)
+        target_features = None
+        if loop_config.get("target") is not None:
+            raw_target = ray.get(loop_config["target"])
+            from ser_dist.training.data import Standardizer
+
+            target_stats = standardizer if loop_config["target_normalization"] == "source" else Standardizer.fit(raw_target)
+            target_features = [target_stats.apply(m) for m in raw_target]
+        data = FoldData(payload["labels"], features, payload["y"], payload["utterance_ids"], train, val, test, standardizer, target_features)
     device = ray.train.torch.get_device()
     wrap = ray.train.torch.prepare_model if world_size > 1 else (lambda m: m)
     fold = loop_config["fold"]
@@ -204,10 +234,14 @@ def _report_final_again(previous, fold: int) -> bool:
     return True
 
 
-def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: int):
-    """Body of the zero-CPU task that drives one fold's TorchTrainer; returns its final checkpoint."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: int, datasets: dict | None = None):
+    """Body of the zero-CPU task that drives one fold's TorchTrainer; returns its final checkpoint.
+
+    `datasets` (streaming): Ray Datasets of the fold's parts; only "train" is split across the workers."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    data_options = {"datasets": datasets, "dataset_config": DataConfig(datasets_to_split=["train"])} if datasets else {}
 
     trainer = TorchTrainer(
         train_fold_worker,
@@ -221,6 +255,7 @@ def _fit_fold_remote(loop_config: dict, train: dict, storage: Location, fold: in
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
+        **data_options,
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -245,14 +280,22 @@ def fold_controller_task():
 def run_kfold(config: KFoldConfig) -> dict:
     """Train and score every fold (resuming finished ones); writes and returns the run summary."""
     started = time.perf_counter()
-    table = load_features(config.features_path, version=config.feature_version)
+    index = load_feature_index(config.features_path, version=config.feature_version)
+    if resolve_data_loading(config, index) == "stream":
+        from ser_dist.training.streaming import check_streamable
+
+        check_streamable(normalizations=[config.train_for(k).normalization for k in [*config.fold_train, -1]],
+                         candidate_features=config.candidate_features, adapt_to=config.adapt_to)
+        table = index  # the driver keeps the row index only; the matrices stream to the fold workers
+    else:
+        table = load_features(config.features_path, version=config.feature_version)
     dataset = table.metadata.get("dataset_name") or as_location(config.features_path).name
     location = as_location(config.out) / config.run_name(dataset)
     with StagedDirectory(location, exclude=("ray",)) as staged:
         return _run_kfold(config, table, staged, location, started)
 
 
-def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory, location: Location, started: float) -> dict:
+def _run_kfold(config: KFoldConfig, table: FeatureTable | FeatureIndex, staged: StagedDirectory, location: Location, started: float) -> dict:
     import ray
 
     from ser_dist.ray_runtime import cluster_has_gpu, ensure_ray
@@ -260,7 +303,13 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
     run_dir = staged.local
     run = RunFolder(run_dir)
     fingerprint = config.fingerprint()
-    groups = duplicate_groups(table)
+    streaming = isinstance(table, FeatureIndex)
+    if streaming:
+        from ser_dist.training.streaming import StreamedFolds, streamed_duplicate_groups
+
+        groups = streamed_duplicate_groups(table)
+    else:
+        groups = duplicate_groups(table)
     meta = table.meta.assign(duplicate_group=groups)
     n_dup = int(len(groups) - len(set(groups)))
     if n_dup:
@@ -295,7 +344,8 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
             if target_table.dim != tables[0].dim:
                 raise ConfigError(f"adapt_to features {target_table.path} have dim {target_table.dim}, the source {tables[0].dim}")
             target = ray.put(target_table.features)
-        payloads = {
+        stream = StreamedFolds(table, labels, buffer_rows=config.stream_buffer_rows, seed=config.seed) if streaming else None
+        payloads = {} if streaming else {
             k: ray.put({
                 "features": tables[k].features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
                 "y": meta["label"].map(label_index).to_numpy(np.int64), "labels": labels,
@@ -309,18 +359,23 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable, staged: StagedDirectory
         per_fold = train.num_workers * (1 if use_gpu else train.cpus_per_worker)
         available = ray.cluster_resources().get("GPU" if use_gpu else "CPU", 1)
         # default: as many folds as fit at once; more would only queue controllers that compete for CPU
-        limit = train.max_concurrent_folds or max(1, int(available // per_fold))
+        # streamed folds leave one CPU to Ray Data's reads, or every CPU goes to training workers that wait for data
+        spare = 1 if streaming and not use_gpu else 0
+        limit = train.max_concurrent_folds or max(1, int((available - spare) // per_fold))
         queue, running = list(pending), {}
         while queue or running:
             while queue and len(running) < limit:
                 fold = queue.pop(0)
                 loop_config = {
-                    "payload": payloads[choice[fold.index][0]], "target": target, "target_normalization": config.target_normalization,
+                    "payload": payloads.get(choice[fold.index][0]), "target": target, "target_normalization": config.target_normalization,
                     "train": config.train_for(fold.index).to_dict(), "fold": fold.index, "threads": train.cpus_per_worker,
                     "train_idx": fold.train.tolist(), "val_idx": fold.val.tolist(), "test_idx": fold.test.tolist(),
                     "fingerprint": fingerprint, "checkpoint_every": config.checkpoint_every,
                 }
-                ref = remote.remote(loop_config, train_dict, location / "ray", fold.index)
+                datasets = None
+                if stream is not None:
+                    loop_config["stream"], datasets = stream.fold_inputs(fold)  # runs the fold's statistics aggregation
+                ref = remote.remote(loop_config, train_dict, location / "ray", fold.index, datasets)
                 running[ref] = fold
                 logger.info("fold %d started (test speakers %s; train %d, val %d, test %d)", fold.index, ",".join(fold.test_speakers) or "-", len(fold.train), len(fold.val), len(fold.test))
             done, _ = ray.wait(list(running), num_returns=1)

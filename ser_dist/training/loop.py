@@ -3,14 +3,21 @@
 No Ray in here: `ser_dist.training.kfold` runs this inside Ray Train workers (DDP when a fold has
 several workers); tests and benchmarks can call it directly. The test part is scored once, with
 the weights of the best validation epoch, after training has ended.
+
+The trainer takes its rows from a `BatchSource`: `MemorySource` over a `FoldData` held in memory,
+or `ser_dist.training.streaming.StreamSource`, which streams the parts from the Parquet store
+through Ray Data. Both feed the same training step.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,6 +48,69 @@ class FoldData:
     @property
     def input_dim(self) -> int:
         return int(self.features[0].shape[1])
+
+
+Batch = tuple[list[np.ndarray], np.ndarray]  # normalised (T_i, D) matrices and their class ids (B,)
+PredictFn = Callable[[list[np.ndarray]], np.ndarray]  # normalised matrices -> class probabilities (len, C)
+
+
+class BatchSource(Protocol):
+    """Where a FoldTrainer takes its rows from: training batches per epoch, and whole parts to score."""
+
+    labels: list[str]  # class names; index = class id
+    input_dim: int
+    train_labels: np.ndarray  # class ids of the training part (class weights)
+    target_features: list[np.ndarray] | None  # unlabelled target-corpus matrices (LMMD); None when not adapting
+
+    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
+        """Optimiser steps per epoch on each rank (the same on every rank)."""
+
+    def train_batches(self, epoch: int, *, batch_size: int, seed: int, rank: int, world_size: int) -> Iterator[Batch]:
+        """Epoch `epoch`'s length-bucketed, shuffled batches of this rank's share of the training part."""
+
+    def part_size(self, part: str) -> int:
+        """Rows in part "val" or "test"."""
+
+    def predict(self, part: str, predict_fn: PredictFn) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Probabilities (N, C), class ids (N,) and utterance ids of every row of part "val" or "test"."""
+
+
+class MemorySource:
+    """A `FoldData` held in memory: the rows of each part picked by position."""
+
+    def __init__(self, data: FoldData):
+        self.data = data
+        self.labels, self.input_dim, self.target_features = data.labels, data.input_dim, data.target_features
+        self.train_labels = data.y[data.train]
+        self.train_lengths = np.array([data.features[i].shape[0] for i in data.train])
+
+    def steps_per_epoch(self, batch_size: int, world_size: int) -> int:
+        return max(1, math.ceil(len(self.data.train) / batch_size) // world_size)
+
+    def train_batches(self, epoch: int, *, batch_size: int, seed: int, rank: int, world_size: int) -> Iterator[Batch]:
+        data = self.data
+        batches = length_buckets(self.train_lengths, batch_size, rng=np.random.default_rng(seed * 7919 + epoch))
+        steps = self.steps_per_epoch(batch_size, world_size)
+        for batch in batches[: steps * world_size][rank::world_size]:  # equal steps on every rank
+            positions = data.train[batch]
+            yield [data.features[i] for i in positions], data.y[positions]
+
+    def part_size(self, part: str) -> int:
+        return len(self._positions(part))
+
+    def predict(self, part: str, predict_fn: PredictFn) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        positions = self._positions(part)
+        probs = predict_fn([self.data.features[i] for i in positions])
+        return probs, self.data.y[positions], [self.data.utterance_ids[p] for p in positions]
+
+    def _positions(self, part: str) -> np.ndarray:
+        if part not in ("val", "test"):
+            raise ValueError(f"unknown part {part!r}; expected 'val' or 'test'")
+        return getattr(self.data, part)
+
+
+def as_source(data: FoldData | BatchSource) -> BatchSource:
+    return MemorySource(data) if isinstance(data, FoldData) else data
 
 
 @dataclass
@@ -109,23 +179,26 @@ def _ramp(epoch: int, epochs: int) -> float:
     return 2.0 / (1.0 + math.exp(-10.0 * epoch / epochs)) - 1.0
 
 
-def _lmmd_term(model, data: FoldData, positions: np.ndarray, batch_size: int, n_classes: int, rng, aug, device) -> torch.Tensor:
+def _lmmd_term(model, matrices: list[np.ndarray], y: np.ndarray, target_features: list[np.ndarray], n_classes: int, rng, aug,
+               device) -> torch.Tensor:
     """LMMD between the source batch and a random batch of unlabelled target utterances."""
     core = getattr(model, "module", model)  # DDP wraps the model; embed/classify live on the module
-    x_s, len_s = collate(data.features, positions, max_frames=aug.max_frames, rng=rng)
-    target_positions = rng.choice(len(data.target_features), size=min(batch_size, len(data.target_features)), replace=False)
-    x_t, len_t = collate(data.target_features, target_positions, max_frames=aug.max_frames, rng=rng)
+    batch_size = len(matrices)
+    x_s, len_s = collate(matrices, np.arange(batch_size), max_frames=aug.max_frames, rng=rng)
+    target_positions = rng.choice(len(target_features), size=min(batch_size, len(target_features)), replace=False)
+    x_t, len_t = collate(target_features, target_positions, max_frames=aug.max_frames, rng=rng)
     x_s, len_s, x_t, len_t = x_s.to(device), len_s.to(device), x_t.to(device), len_t.to(device)
     emb_s, emb_t = core.embed(x_s, len_s), core.embed(x_t, len_t)
     soft_t = torch.softmax(core.classifier(emb_t).float(), dim=-1).detach()  # pseudo-labels; target labels never used
-    y_s = torch.as_tensor(data.y[positions], device=device)
+    y_s = torch.as_tensor(y, device=device)
     return lmmd_loss(emb_s.float(), emb_t.float(), F.one_hot(y_s, n_classes).float(), soft_t)
 
 
 class FoldTrainer:
     """One fold's model, optimiser and schedule, stepped from outside one epoch at a time.
 
-    `train_epoch()` runs one pass over data.train; `validate()` scores data.val and keeps the best
+    `data` is a `FoldData` (held in memory) or any `BatchSource` (e.g. streamed from the store).
+    `train_epoch()` runs one pass over the training part; `validate()` scores the validation part and keeps the best
     epoch's weights (validation UAR, ties broken by validation loss); `state_dict()` /
     `load_state_dict()` capture everything needed to continue exactly (weights, optimiser, scheduler,
     random generators, best so far, history). `fit_fold` drives it for a whole fold; a sweep trial can
@@ -134,7 +207,7 @@ class FoldTrainer:
 
     def __init__(
         self,
-        data: FoldData,
+        data: FoldData | BatchSource,
         config: TrainConfig,
         *,
         device: torch.device | str = "cpu",
@@ -142,23 +215,22 @@ class FoldTrainer:
         world_size: int = 1,
         wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     ):
-        self.data, self.config = data, config
+        self.source, self.config = as_source(data), config
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed + 1000 * rank)
         self.generator = torch.Generator().manual_seed(config.seed + rank)
-        self.n_classes = len(data.labels)
-        model, self.model_config = build_model(config, data.input_dim, self.n_classes)
+        self.n_classes = len(self.source.labels)
+        model, self.model_config = build_model(config, self.source.input_dim, self.n_classes)
         self.model = model.to(self.device)
         self.trained = wrap_model(self.model)  # DDP wrapper under Ray Train with several workers
         if config.optimizer == "adam":
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
-        self.class_weights = _class_weights(data.y[data.train], self.n_classes).to(self.device) if config.class_weights else None
-        self.train_lengths = np.array([data.features[i].shape[0] for i in data.train])
-        self.steps_per_epoch = max(1, math.ceil(len(data.train) / config.batch_size) // world_size)
+        self.class_weights = _class_weights(self.source.train_labels, self.n_classes).to(self.device) if config.class_weights else None
+        self.steps_per_epoch = self.source.steps_per_epoch(config.batch_size, world_size)
         total_steps = self.steps_per_epoch * config.epochs
         warmup = max(1, config.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -177,57 +249,64 @@ class FoldTrainer:
 
     def train_epoch(self) -> float:
         """One pass over the training part; returns the mean training loss."""
-        config, data, aug, device = self.config, self.data, self.config.augment, self.device
+        config = self.config
         self.epoch += 1
         self.trained.train()
-        batches = length_buckets(self.train_lengths, config.batch_size, rng=np.random.default_rng(config.seed * 7919 + self.epoch))
-        batches = batches[: self.steps_per_epoch * self.world_size][self.rank :: self.world_size]  # equal steps on every rank
-        total_loss = 0.0
-        for batch in batches:
-            positions = data.train[batch]
-            x, lengths = collate(data.features, positions, max_frames=aug.max_frames, rng=self.rng)
-            y = torch.as_tensor(data.y[positions], dtype=torch.long)
-            if aug.time_masks or aug.feature_masks:
-                x = spec_augment(x, lengths, generator=self.generator, time_masks=aug.time_masks, time_frac=aug.time_mask_frac,
-                                 feature_masks=aug.feature_masks, feature_frac=aug.feature_mask_frac)
-            if aug.noise_std > 0:
-                x = x + aug.noise_std * torch.randn(x.shape, generator=self.generator)
-            x, lengths, y = x.to(device), lengths.to(device), y.to(device)
-            loss = self._loss(x, lengths, y, positions)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            total_loss += loss.item()
-        self._train_loss = total_loss / max(1, len(batches))
+        batches = self.source.train_batches(self.epoch, batch_size=config.batch_size, seed=config.seed, rank=self.rank,
+                                            world_size=self.world_size)
+        total_loss, steps, started = 0.0, 0, time.perf_counter()
+        for matrices, y in islice(batches, self.steps_per_epoch):  # equal steps on every rank
+            total_loss += self.train_step(matrices, y)
+            steps += 1
+        self._train_loss = total_loss / max(1, steps)
+        self._train_seconds = time.perf_counter() - started
         return self._train_loss
 
-    def _loss(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+    def train_step(self, matrices: list[np.ndarray], y_ids: np.ndarray) -> float:
+        """One optimiser step on a batch of normalised (T_i, D) matrices and their class ids; returns the loss."""
+        config, aug, device = self.config, self.config.augment, self.device
+        x, lengths = collate(matrices, np.arange(len(matrices)), max_frames=aug.max_frames, rng=self.rng)
+        y = torch.as_tensor(y_ids, dtype=torch.long)
+        if aug.time_masks or aug.feature_masks:
+            x = spec_augment(x, lengths, generator=self.generator, time_masks=aug.time_masks, time_frac=aug.time_mask_frac,
+                             feature_masks=aug.feature_masks, feature_frac=aug.feature_mask_frac)
+        if aug.noise_std > 0:
+            x = x + aug.noise_std * torch.randn(x.shape, generator=self.generator)
+        x, lengths, y = x.to(device), lengths.to(device), y.to(device)
+        loss = self._loss(x, lengths, y, matrices, y_ids)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item()
+
+    def _loss(self, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, matrices: list[np.ndarray], y_ids: np.ndarray) -> torch.Tensor:
         config, aug = self.config, self.config.augment
 
         def ce(logits, target):
             return F.cross_entropy(logits.float(), target, weight=self.class_weights, label_smoothing=config.label_smoothing)
 
         with _autocast(self.device):
-            if aug.mixup_alpha > 0 and len(positions) > 1:
+            if aug.mixup_alpha > 0 and len(matrices) > 1:
                 lam = float(self.rng.beta(aug.mixup_alpha, aug.mixup_alpha))
-                perm = torch.as_tensor(self.rng.permutation(len(positions)), device=self.device)
+                perm = torch.as_tensor(self.rng.permutation(len(matrices)), device=self.device)
                 logits = self.trained(lam * x + (1 - lam) * x[perm], torch.maximum(lengths, lengths[perm]))
                 loss = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
             else:
                 loss = ce(self.trained(x, lengths), y)
-        if config.lmmd_weight > 0 and self.data.target_features:
-            term = _lmmd_term(self.trained, self.data, positions, len(positions), self.n_classes, self.rng, aug, self.device)
+        if config.lmmd_weight > 0 and self.source.target_features:
+            term = _lmmd_term(self.trained, matrices, y_ids, self.source.target_features, self.n_classes, self.rng, aug, self.device)
             loss = loss + _ramp(self.epoch, config.epochs) * config.lmmd_weight * term
         return loss
 
     def validate(self) -> dict:
         """Score the validation part, update the best epoch; returns this epoch's metrics."""
-        data = self.data
-        metrics = {"epoch": self.epoch, "train_loss": getattr(self, "_train_loss", float("nan")), "lr": self.scheduler.get_last_lr()[0]}
-        if not len(data.val):
+        labels = self.source.labels
+        metrics = {"epoch": self.epoch, "train_loss": getattr(self, "_train_loss", float("nan")), "lr": self.scheduler.get_last_lr()[0],
+                   "train_seconds": getattr(self, "_train_seconds", float("nan"))}  # wall time of the epoch's training pass
+        if not self.source.part_size("val"):
             if self.config.patience is not None:
                 raise ConfigError("the validation part is empty: early stopping and epoch selection need one "
                                   "(val_fraction > 0), or set patience: null to train every epoch and keep the last")
@@ -235,10 +314,9 @@ class FoldTrainer:
             self.history.append(metrics)
             return metrics
         # every rank scores the whole validation part, so all ranks take the same early-stopping decision
-        val_probs = predict_proba(self.model, data.features, data.val, device=self.device)
-        val_true = data.y[data.val]
+        val_probs, val_true, _ = self.source.predict("val", self._predict)
         val_loss = float(F.nll_loss(torch.log(torch.as_tensor(val_probs) + 1e-8), torch.as_tensor(val_true)))
-        report = classification_report([data.labels[i] for i in val_true], [data.labels[i] for i in val_probs.argmax(1)], data.labels)
+        report = classification_report([labels[i] for i in val_true], [labels[i] for i in val_probs.argmax(1)], labels)
         metrics |= {"val_loss": val_loss, "val_uar": report["uar"], "val_war": report["war"]}
         self.history.append(metrics)
         best = self.best
@@ -271,38 +349,42 @@ class FoldTrainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.best, self.since_best, self.history = copy.deepcopy(state["best"]), state["since_best"], copy.deepcopy(state["history"])
 
-    def score(self, positions: np.ndarray) -> tuple[list[dict], dict]:
-        """Predictions (utterance_id, true, pred, p_<class>) and a report for `positions`, with the current weights."""
-        data = self.data
-        probs = predict_proba(self.model, data.features, positions, device=self.device)
-        true = [data.labels[i] for i in data.y[positions]]
-        pred = [data.labels[i] for i in probs.argmax(1)]
+    def _predict(self, matrices: list[np.ndarray]) -> np.ndarray:
+        return predict_proba(self.model, matrices, np.arange(len(matrices)), device=self.device)
+
+    def score(self, part: str = "test") -> tuple[list[dict], dict]:
+        """Predictions (utterance_id, true, pred, p_<class>) and a report for part "val" or "test", with the current weights."""
+        labels = self.source.labels
+        probs, y, utterance_ids = self.source.predict(part, self._predict)
+        true = [labels[i] for i in y]
+        pred = [labels[i] for i in probs.argmax(1)]
         rows = [
-            {"utterance_id": data.utterance_ids[p], "true": t, "pred": q, **{f"p_{c}": float(v) for c, v in zip(data.labels, row, strict=True)}}
-            for p, t, q, row in zip(positions, true, pred, probs, strict=True)
+            {"utterance_id": u, "true": t, "pred": q, **{f"p_{c}": float(v) for c, v in zip(labels, row, strict=True)}}
+            for u, t, q, row in zip(utterance_ids, true, pred, probs, strict=True)
         ]
-        return rows, classification_report(true, pred, data.labels)
+        return rows, classification_report(true, pred, labels)
 
     def finish(self) -> FoldOutcome:
         """Score the test part once with the selected epoch's weights (and, apart, with the last epoch's)."""
         last_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         outcome_last: tuple[list[dict], dict] = ([], {})
-        if len(self.data.test):
-            outcome_last = self.score(self.data.test)
+        has_test = self.source.part_size("test") > 0
+        if has_test:
+            outcome_last = self.score("test")
         selected = self.best["state"] if self.best["state"] is not None else last_state
         self.model.load_state_dict(selected)
         outcome = FoldOutcome(
             self.model_config, {k: v.detach().cpu().clone() for k, v in selected.items()}, self.best["epoch"], self.best["uar"],
             self.history, last_epoch=self.epoch,
         )
-        if len(self.data.test):
-            outcome.test_predictions, outcome.test_report = self.score(self.data.test)
+        if has_test:
+            outcome.test_predictions, outcome.test_report = self.score("test")
             outcome.last_epoch_predictions, outcome.last_epoch_report = outcome_last
         return outcome
 
 
 def fit_fold(
-    data: FoldData,
+    data: FoldData | BatchSource,
     config: TrainConfig,
     *,
     device: torch.device | str = "cpu",
@@ -311,7 +393,7 @@ def fit_fold(
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
     on_epoch: Callable[[dict], None] = lambda metrics: None,
 ) -> FoldOutcome:
-    """Train on data.train, select the epoch on data.val (UAR), score data.test once at the end.
+    """Train on the training part, select the epoch on the validation part (UAR), score the test part once at the end.
 
     With an empty validation part and `patience=None` the last epoch is the selected one."""
     trainer = FoldTrainer(data, config, device=device, rank=rank, world_size=world_size, wrap_model=wrap_model)
