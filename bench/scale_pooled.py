@@ -41,8 +41,11 @@ MAIN_FEATURES = Path("/work/main/data/features/LOGMEL")
 DEFAULT_MAPPING = REPO / "configs" / "mapping_shared_only.yaml"
 
 
-def train_config(args) -> TrainConfig:
-    changes = {"preset": args.preset, "seed": args.seed, "normalization": args.normalization}
+def train_config(args, *, single_corpus: bool = False) -> TrainConfig:
+    """The run's TrainConfig; for one corpus per_corpus IS train_global (one corpus, its training part), so the
+    own-corpus baselines run (and are resumed) as train_global."""
+    normalization = "train_global" if single_corpus and args.normalization == "per_corpus" else args.normalization
+    changes = {"preset": args.preset, "seed": args.seed, "normalization": normalization}
     if args.epochs is not None:
         changes |= {"epochs": args.epochs, "patience": args.epochs}
     return TrainConfig.from_dict(changes)
@@ -56,7 +59,7 @@ def per_speaker_uar(summary: dict) -> dict[str, float]:
 def run(name: str, stores: list[str], args, runs: Path, classes: tuple[str, ...]) -> tuple[dict, float]:
     config = KFoldConfig(features_path=stores[0], pool=tuple(stores[1:]), pool_classes=classes,
                          mapping_file=args.mapping_file, protocol="loso", seed=args.seed, out=str(runs), name=name,
-                         train=train_config(args))
+                         train=train_config(args, single_corpus=len(stores) == 1))
     started = time.perf_counter()
     summary = run_kfold(config)
     return summary, time.perf_counter() - started
@@ -101,7 +104,8 @@ def main() -> None:
 
     own: dict[str, dict] = {}
     for corpus, store in zip(corpora, args.stores, strict=True):
-        summary, wall = run(f"{corpus}_own_loso_{tag}", [store], args, runs, classes)
+        own_tag = f"{train_config(args, single_corpus=True).normalization}_e{train_config(args).epochs}_s{args.seed}"
+        summary, wall = run(f"{corpus}_own_loso_{own_tag}", [store], args, runs, classes)
         own[corpus] = summary
         results["runs"][f"{corpus} own"] = {"run": str(runs / summary["run"]), "uar": summary["uar"], "war": summary["war"],
                                             "n_test": summary["n_test"], "n_folds": len(summary["folds"]), "wall_s": wall,
