@@ -234,10 +234,8 @@ def _add_cross_matrix(sub) -> None:
 
 
 def _run_cross_matrix(args) -> None:
-    from ser_dist.corpora import corpus_name
+    from ser_dist.corpora import corpus_name, split_corpora
     from ser_dist.evaluation import cross_corpus_matrix, target_features_path
-
-    from ser_dist.corpora import split_corpora
     from ser_dist.training.pool import pool_name
 
     sources = {pool_name([corpus_name(c) for c in split_corpora(k.replace("+", ","))]): v for k, v in (item.split("=", 1) for item in args.source)}

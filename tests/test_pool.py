@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ser_dist.errors import ConfigError
+from ser_dist.errors import ConfigError, UnknownNameError
 from ser_dist.features.config import FeatureConfig, LogMelConfig
 from ser_dist.features.spec import FeatureSpec
 from ser_dist.features.store import features_to_table, write_metadata, write_part_atomically
@@ -182,3 +182,41 @@ def test_plain_runs_keep_their_fingerprint():
     blob = {k: v for k, v in asdict(config).items() if k not in ("out", "name", "fold_train", "pool", "pool_classes", "mapping_file")}
     blob["train"] = {k: v for k, v in blob["train"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
     assert config.fingerprint() == hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def test_split_corpora_and_pipeline_config_pools(tmp_path):
+    from ser_dist.corpora import split_corpora
+    from ser_dist.pipeline import CrossCorpusStep, PipelineConfig, SweepStep
+
+    assert split_corpora("EMODB") == ["EMODB"]
+    assert split_corpora(" emodb , RAVDESS") == ["emodb", "RAVDESS"]
+    with pytest.raises(ConfigError, match="more than once"):
+        split_corpora("EMODB,emodb")
+    with pytest.raises(ConfigError, match="empty entry"):
+        split_corpora("EMODB,")
+    with pytest.raises(UnknownNameError, match="expected one of"):
+        split_corpora("EMODB,EMODB2")
+    config = PipelineConfig(corpus="EMODB,RAVDESS", classes=["angry", "sad"])
+    assert config.corpora == ["EMODB", "RAVDESS"] and config.pooled and config.classes == ("angry", "sad")
+    assert not PipelineConfig(corpus="EMODB").pooled
+    with pytest.raises(ConfigError, match="training corpus RAVDESS"):
+        PipelineConfig(corpus="EMODB,RAVDESS", cross_corpus=CrossCorpusStep(targets=("RAVDESS",)))
+    with pytest.raises(ConfigError, match="sweep"):
+        PipelineConfig(corpus="EMODB,RAVDESS", sweep=SweepStep(enabled=True))
+    # a table corpus is extracted under the name the user gave (table:PATH), its label map passed to tables only
+    table = tmp_path / "clips.csv"
+    table.write_text("path,label,speaker\n")
+    config = PipelineConfig(corpus=f"EMODB,table:{table}", label_map="m.yaml")
+    assert config.extract_config(f"table:{table}").label_map == "m.yaml" and config.extract_config("EMODB").label_map is None
+
+
+def test_cli_train_resolves_one_store_per_pool_member(tmp_path):
+    from ser_dist.cli import _features_path, build_parser
+
+    args = build_parser().parse_args(["train", "--corpus", "EMODB,RAVDESS", "--features-dir", str(tmp_path), "--protocol",
+                                      "leave_one_corpus_out", "--normalization", "per_corpus", "--classes", "angry,sad"])
+    assert _features_path(args, "RAVDESS").endswith("LOGMEL/RAVDESS_LOGMEL")
+    store = write_store(tmp_path, "EMODB", {"03": ["angry", "sad"], "08": ["angry", "sad"]})
+    args.features_dir = str(store.parent)  # one corpus's dataset folder cannot serve a pool
+    with pytest.raises(ConfigError, match="one corpus's dataset folder"):
+        _features_path(args, "RAVDESS")

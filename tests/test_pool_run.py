@@ -67,3 +67,27 @@ def test_pooled_leave_one_corpus_out_run_and_cross_corpus(ray_cluster, tmp_path)
     assert matrix.loc["EMODB+RAVDESS", "TESS"] == pytest.approx(result["report"]["uar"])
     cells = json.loads((tmp_path / "matrix" / "matrix.json").read_text())["cells"]["EMODB+RAVDESS"]
     assert cells["EMODB"]["kind"].startswith("in-pool") and cells["TESS"]["kind"] == "cross-corpus"
+
+
+def test_pipeline_pools_two_table_corpora(ray_cluster, tmp_path):
+    """`corpus: table:a.csv,table:b.csv` end to end: each table extracted into its own store, one pooled run."""
+    from ser_dist.features.extract import ExtractionOptions
+    from ser_dist.pipeline import PipelineConfig, run_pipeline
+    from tests.conftest import write_tone
+
+    tables = []
+    for t, name in enumerate(("lab_a", "lab_b")):
+        lines = ["path,label,speaker"]
+        for s, speaker in enumerate(("s1", "s2", "s3")):
+            for k, label in enumerate(("angry", "sad", "neutral")):
+                wav = write_tone(tmp_path / name / f"{speaker}_{label}.wav", 0.4, freq=200 + 60 * k + 7 * s + 90 * t, seed=k + s)
+                lines.append(f"{wav.name},{label},{speaker}")
+        (tmp_path / name / f"{name}.csv").write_text("\n".join(lines) + "\n")
+        tables.append(f"table:{tmp_path / name / f'{name}.csv'}")
+    config = PipelineConfig(name="t", corpus=",".join(tables), protocol="leave_one_corpus_out", val_fraction=0.34,
+                            features_out=str(tmp_path / "features"), runs_out=str(tmp_path / "runs"),
+                            extraction=ExtractionOptions(num_workers=1), train=tiny_train())
+    outputs = run_pipeline(config)
+    assert len(outputs["features"]) == 2 and all("LAB_" in f for f in outputs["features"])
+    assert set(outputs["summary"]["per_corpus"]) == {"LAB_A", "LAB_B"}
+    assert outputs["summary"]["n_test"] == 18 and outputs["run"].endswith("t_LAB_A+LAB_B_LOGMEL_leave_one_corpus_out")

@@ -73,7 +73,7 @@ def build_pool(paths: Sequence[str], *, mapping: LabelMapping | None = None, map
         raise ConfigError(f"the pool names corpus {repeated} more than once ({', '.join(map(str, paths))}); name each corpus once")
     _check_same_features(tables)
 
-    shared_per_member = [set(l for l in (mapping.shared(x) for x in t.meta["label"].astype(str).unique()) if l is not None) for t in tables]
+    shared_per_member = [{mapping.shared(x) for x in t.meta["label"].astype(str).unique()} - {None} for t in tables]
     shared = sorted(set.intersection(*shared_per_member))
     if classes:
         wanted = sorted({mapping.shared(c) or c for c in classes})
