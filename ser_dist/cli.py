@@ -7,9 +7,10 @@ import logging
 import sys
 from dataclasses import fields
 
-from ser_dist.errors import SerDistError
+from ser_dist.errors import ConfigError, SerDistError
 
 CORPUS_HELP = "EMODB, RAVDESS, IEMOCAP, CREMAD, SAVEE, TESS, or table:PATH (a CSV/JSONL table: path,label,speaker)"
+POOL_HELP = CORPUS_HELP + "; or several, comma-separated (EMODB,RAVDESS): each is extracted into its own store"
 LABEL_MAP_HELP = "table:PATH corpora: JSON/YAML file {their_label: canonical_label}; null leaves a label out"
 
 
@@ -57,7 +58,7 @@ def _add_extract(sub) -> None:
     from ser_dist.features.extract import ExtractionOptions
 
     p = sub.add_parser("extract", help="extract LOGMEL / MFCC / HUBERT / FUSION features on Ray Data into Parquet")
-    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
+    p.add_argument("--corpus", required=True, help=POOL_HELP)
     p.add_argument("--label-map", default=_default(ExtractConfig, "label_map"), help=LABEL_MAP_HELP)
     p.add_argument("--features", default=_default(ExtractConfig, "features"), help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--data-root", default=_default(ExtractConfig, "data_root"), help="(default: %(default)s)")
@@ -79,12 +80,20 @@ def _add_extract(sub) -> None:
 
 
 def _run_extract(args) -> None:
+    from ser_dist.corpora import split_corpora
+
+    for corpus in split_corpora(args.corpus):  # a pool: one store per corpus
+        _extract_one(args, corpus)
+
+
+def _extract_one(args, corpus: str) -> None:
     from ser_dist.api import ExtractConfig, extract
+    from ser_dist.corpora.table import table_path
     from ser_dist.features.extract import ExtractionOptions
 
     result = extract(
         ExtractConfig(
-            corpus=args.corpus, label_map=args.label_map, features=args.features, data_root=args.data_root, out=args.out,
+            corpus=corpus, label_map=args.label_map if table_path(corpus) is not None else None, features=args.features, data_root=args.data_root, out=args.out,
             ssl_model=args.ssl_model, ssl_layers=args.ssl_layer, on_error=args.on_error,
             storage_dtype="float16" if args.float16 else "float32", trim_db=args.trim_db,
             deltas=args.deltas, n_mfcc=args.n_mfcc, fixed_seconds=args.fixed_seconds,
@@ -103,14 +112,18 @@ def _add_train(sub) -> None:
     from ser_dist.training.presets import PRESETS
 
     p = sub.add_parser("train", help="k-fold cross-validation, each fold a Ray Train job, folds in parallel")
-    p.add_argument("--corpus", required=True, help=CORPUS_HELP)
+    p.add_argument("--corpus", required=True, help=CORPUS_HELP + "; or a pool, EMODB,RAVDESS: one table on the classes they "
+                   "share through the emotion mapping, speakers namespaced by corpus, scored per corpus")
+    p.add_argument("--mapping", default=None, help="pools: YAML/JSON {from: to} emotion mapping on top of the default (to: null drops a class)")
+    p.add_argument("--classes", default=None, help="pools: comma-separated shared classes to train on (default: all the members share)")
     p.add_argument("--features", default="LOGMEL", help="LOGMEL, MFCC, HUBERT or FUSION (default: %(default)s)")
     p.add_argument("--features-dir", default="data/features", help="feature store root, or one dataset folder (default: %(default)s)")
     p.add_argument("--ssl-model", default=None, help="encoder used at extraction (names the dataset folder for HUBERT/FUSION)")
     p.add_argument("--ssl-layer", type=_layers, default=None, help="encoder layer(s) used at extraction")
     p.add_argument("--deltas", type=int, choices=[0, 1, 2], default=0, help="LOGMEL/MFCC extracted with deltas (names the dataset folder)")
     p.add_argument("--protocol", default=_default(KFoldConfig, "protocol"),
-                   help="loso, speaker_kfold, losesso, kfold (random stratified) or kfold_plain (TIM-Net's KFold) (default: %(default)s)")
+                   help="loso, speaker_kfold, losesso, kfold (random stratified), kfold_plain (TIM-Net's KFold) or, for pools, "
+                        "leave_one_corpus_out (default: %(default)s)")
     p.add_argument("--folds", type=int, default=None, help="k for kfold / speaker_kfold")
     p.add_argument("--seed", type=int, default=_default(KFoldConfig, "seed"))
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -121,8 +134,10 @@ def _add_train(sub) -> None:
     p.add_argument("--width", type=int, default=None, help=f"(default: {_default(ModelOptions, 'width')})")
     p.add_argument("--blocks", type=int, default=None, help=f"(default: {_default(ModelOptions, 'n_blocks')})")
     p.add_argument("--time-pool", type=int, default=None, help=f"(default: {_default(ModelOptions, 'time_pool')})")
-    p.add_argument("--normalization", choices=["train_global", "per_speaker"], default=None,
-                   help=f"per_speaker is transductive: each test speaker's unlabelled audio sets its statistics (default: {_default(TrainConfig, 'normalization')})")
+    p.add_argument("--normalization", choices=["train_global", "per_speaker", "per_corpus"], default=None,
+                   help="per_speaker is transductive: each test speaker's unlabelled audio sets its statistics; per_corpus (pools): each "
+                        "corpus by its training-part statistics (a held-out corpus by its own: transductive) "
+                        f"(default: {_default(TrainConfig, 'normalization')})")
     p.add_argument("--workers-per-fold", type=int, default=_default(TrainConfig, "num_workers"), help="Ray Train workers per fold (DDP when > 1)")
     p.add_argument("--max-concurrent-folds", type=int, default=None)
     p.add_argument("--out", default=_default(KFoldConfig, "out"), help="(default: %(default)s)")
@@ -130,18 +145,23 @@ def _add_train(sub) -> None:
     p.set_defaults(run=_run_train)
 
 
-def _features_path(args) -> str:
+def _features_path(args, corpus: str | None = None) -> str:
+    """The stored dataset of `corpus` (default args.corpus) under --features-dir, or --features-dir itself when it is one."""
     from ser_dist.corpora import corpus_name
     from ser_dist.features.config import FeatureConfig, FeatureType, SSLConfig
     from ser_dist.features.store import METADATA_FILE, dataset_dir
     from ser_dist.storage import as_location
 
+    corpus = args.corpus if corpus is None else corpus
     root = as_location(args.features_dir)  # a local folder or a URI
     if (root / METADATA_FILE).is_file() or root.glob("v_*"):
+        if corpus != args.corpus:
+            raise ConfigError(f"--features-dir {root} is one corpus's dataset folder; for the pool {args.corpus} give the feature store "
+                              "root that holds every member (e.g. data/features)")
         return str(root)  # already a dataset (or version) folder
     ssl = SSLConfig(**{k: v for k, v in {"model": args.ssl_model, "layers": args.ssl_layer}.items() if v is not None})
     config = FeatureConfig(feature_type=FeatureType.parse(args.features), ssl=ssl, deltas=getattr(args, "deltas", 0))
-    return str(dataset_dir(root, config, corpus_name(args.corpus)))
+    return str(dataset_dir(root, config, corpus_name(corpus)))
 
 
 def _run_train(args) -> None:
@@ -157,8 +177,13 @@ def _run_train(args) -> None:
     if args.preset:
         options["preset"] = args.preset
     train = TrainConfig.from_dict(options)
-    config = KFoldConfig(features_path=_features_path(args), protocol=args.protocol, n_folds=args.folds, seed=args.seed,
-                         out=args.out, name=args.name, train=train)
+    from ser_dist.corpora import split_corpora
+
+    members = split_corpora(args.corpus)
+    paths = [_features_path(args, m) for m in members] if len(members) > 1 else [_features_path(args)]
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else ()
+    config = KFoldConfig(features_path=paths[0], pool=tuple(paths[1:]), pool_classes=classes, mapping_file=args.mapping,
+                         protocol=args.protocol, n_folds=args.folds, seed=args.seed, out=args.out, name=args.name, train=train)
     summary = run_kfold(config)
     print(format_summary_table(summary))
     from pathlib import Path
@@ -197,7 +222,8 @@ def _run_evaluate(args) -> None:
 
 def _add_cross_matrix(sub) -> None:
     p = sub.add_parser("cross-matrix", help="source x target cross-corpus UAR matrix (+ heatmap) of several trained runs")
-    p.add_argument("--source", action="append", required=True, metavar="CORPUS=RUN", help="a trained source run, e.g. EMODB=runs/EMODB_LOGMEL_loso (repeat)")
+    p.add_argument("--source", action="append", required=True, metavar="CORPUS=RUN",
+                   help="a trained source run, e.g. EMODB=runs/EMODB_LOGMEL_loso, or a pooled one, EMODB,RAVDESS=runs/... (repeat)")
     p.add_argument("--targets", default=None, help="comma-separated target corpora (default: the sources' corpora)")
     p.add_argument("--features-dir", default=None, help="feature store root (default: the store the first source run was trained from)")
     p.add_argument("--normalization", choices=["source", "target", "per_speaker"], default="source")
@@ -208,11 +234,13 @@ def _add_cross_matrix(sub) -> None:
 
 
 def _run_cross_matrix(args) -> None:
-    from ser_dist.corpora import corpus_name
+    from ser_dist.corpora import corpus_name, split_corpora
     from ser_dist.evaluation import cross_corpus_matrix, target_features_path
+    from ser_dist.training.pool import pool_name
 
-    sources = {corpus_name(k): v for k, v in (item.split("=", 1) for item in args.source)}
-    targets = [corpus_name(t) for t in args.targets.split(",")] if args.targets else list(sources)
+    sources = {pool_name([corpus_name(c) for c in split_corpora(k.replace("+", ","))]): v for k, v in (item.split("=", 1) for item in args.source)}
+    targets = [corpus_name(t) for t in args.targets.split(",")] if args.targets else list(dict.fromkeys(
+        c for name in sources for c in name.split("+")))  # a pooled source's members are targets too
     first = next(iter(sources.values()))
     features = {t: target_features_path(args.features_dir, first, t) for t in targets}
     matrix = cross_corpus_matrix(sources, features, args.out, mode=args.mode, normalization=args.normalization, mapping_file=args.mapping)

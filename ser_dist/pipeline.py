@@ -8,6 +8,10 @@ Steps in brackets run when the config asks for them:
   chosen config. Shared: one search on the training sides of the first `sweep.inner_folds` outer folds,
   whose reports list the other folds' test speakers it read. Test scores are reported apart from the
   sweep's validation score.
+- `corpus` is one corpus (a registry name or `table:PATH`) or a pool, `EMODB,RAVDESS`: each member is
+  extracted into its own store, and training runs on one pooled table of the classes they share through the
+  emotion mapping (`mapping_file` overrides entries; `classes` restricts them), speakers namespaced by corpus
+  (ser_dist.training.pool). Protocols then include `leave_one_corpus_out`; the summary scores each corpus.
 - `cross_corpus.targets`: each target corpus is extracted with the same feature config and scored by
   the k-fold run's fold ensemble through the explicit emotion mapping; one report per target.
 
@@ -20,7 +24,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ser_dist.api import ExtractConfig, extract
-from ser_dist.corpora import corpus_name
+from ser_dist.corpora import corpus_name, split_corpora
 from ser_dist.errors import ConfigError
 from ser_dist.features.config import DEFAULT_SSL_MODEL, LogMelConfig
 from ser_dist.features.extract import ExtractionOptions
@@ -60,7 +64,10 @@ class CrossCorpusStep:
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pipeline"
-    corpus: str = "EMODB"
+    corpus: str = "EMODB"  # a registry name, table:PATH, or a pool: EMODB,RAVDESS
+    mapping_file: str | None = None  # pools: YAML/JSON {from: to} on top of the default emotion mapping (null drops a class)
+    label_map: str | None = None  # table:PATH corpora (training or target): JSON/YAML {their_label: canonical_label}
+    classes: tuple[str, ...] = ()  # pools: train on these shared classes only (default: every class all members share)
     data_root: str = "data/raw"
     features: str = "LOGMEL"  # LOGMEL | MFCC | HUBERT | FUSION
     deltas: int = 0  # LOGMEL/MFCC: 1 = + deltas, 2 = + deltas and delta-deltas
@@ -83,38 +90,65 @@ class PipelineConfig:
     cross_corpus: CrossCorpusStep = field(default_factory=CrossCorpusStep)
 
     def __post_init__(self):
-        source = corpus_name(self.corpus)
+        sources = [corpus_name(c) for c in split_corpora(self.corpus)]
+        object.__setattr__(self, "classes", tuple(self.classes or ()))
         targets = tuple(corpus_name(t) for t in self.cross_corpus.targets)
-        if source in targets:
-            raise ConfigError(f"cross_corpus.targets names the training corpus {source}; in-corpus scores come from the k-fold run")
+        inside = sorted(set(sources) & set(targets))
+        if inside:
+            raise ConfigError(f"cross_corpus.targets names the training corpus {', '.join(inside)}; in-corpus scores come from the k-fold run")
+        if self.sweep.enabled and self.pooled:
+            raise ConfigError("the sweep step searches one corpus's store; turn sweep.enabled off for a pool "
+                              f"({self.corpus}) or with mapping_file/classes, or sweep one corpus first")
+
+    @property
+    def corpora(self) -> list[str]:
+        """The training corpora as given (one, or the members of a pool)."""
+        return split_corpora(self.corpus)
+
+    @property
+    def pooled(self) -> bool:
+        return len(self.corpora) > 1 or bool(self.mapping_file or self.classes)
 
     def extract_config(self, corpus: str) -> ExtractConfig:
+        """`corpus` as the user gave it (a registry name or table:PATH, not a table's manifest name)."""
+        from ser_dist.corpora.table import table_path
+
         return ExtractConfig(corpus=corpus, features=self.features, data_root=self.data_root, out=self.features_out,
                              ssl_model=self.ssl_model, ssl_layers=self.ssl_layers, extraction=self.extraction,
-                             deltas=self.deltas, fixed_seconds=self.fixed_seconds, logmel=self.logmel)
+                             deltas=self.deltas, fixed_seconds=self.fixed_seconds, logmel=self.logmel,
+                             label_map=self.label_map if table_path(corpus) is not None else None)
 
 
 def run_pipeline(config: PipelineConfig) -> dict:
-    corpus = corpus_name(config.corpus)
-    extraction = extract(config.extract_config(corpus))
-    features = extraction.directory
-    logger.info("features: %s (%d extracted now, %d already stored, %d skipped)", features.redacted(),
-                extraction.n_extracted, extraction.n_already_done, len(extraction.skipped))
+    from ser_dist.training.pool import pool_name
+
+    stores, skipped = [], []
+    for member in config.corpora:  # a pool's corpora each get their own store, as a single corpus does
+        extraction = extract(config.extract_config(member))
+        stores.append(extraction.directory)
+        skipped += extraction.skipped
+        logger.info("features: %s (%d extracted now, %d already stored, %d skipped)", extraction.directory.redacted(),
+                    extraction.n_extracted, extraction.n_already_done, len(extraction.skipped))
+    corpus = pool_name([corpus_name(c) for c in config.corpora])
+    features = stores[0]
     base_name = f"{config.name}_{corpus}_{config.features}_{config.protocol}"
-    outputs: dict = {"features": features.redacted(), "skipped_files": extraction.skipped}
+    outputs: dict = {"features": features.redacted() if len(stores) == 1 else [s.redacted() for s in stores], "skipped_files": skipped}
 
     if config.sweep.enabled:
         summary, run_name = _sweep_then_final_run(config, str(features), base_name, outputs)
     else:
         run_name = base_name
         summary = run_kfold(KFoldConfig(
-            features_path=str(features), protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
+            features_path=str(features), pool=tuple(str(s) for s in stores[1:]), pool_classes=config.classes,
+            mapping_file=config.mapping_file, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
             out=config.runs_out, name=run_name, train=config.train, val_fraction=config.val_fraction,
             checkpoint_every=config.checkpoint_every,
         ))
     run = RunFolder(as_location(config.runs_out) / run_name)
     outputs["run"] = run.location.redacted()
     outputs["summary"] = {k: summary.get(k) for k in ("uar", "war", "macro_f1", "fold_uar", "n_test", "protocol")}
+    if summary.get("per_corpus"):
+        outputs["summary"]["per_corpus"] = {c: {k: s[k] for k in ("uar", "war", "n_test")} for c, s in summary["per_corpus"].items()}
     outputs["reports"] = [p.redacted() for p in run.report_files()]
     print(format_summary_table(summary))
 
@@ -152,8 +186,9 @@ def _cross_corpus(config: PipelineConfig, run: RunFolder) -> list[dict]:
 
     step = config.cross_corpus
     results = []
-    for target in (corpus_name(t) for t in step.targets):
-        extraction = extract(config.extract_config(target))
+    for given in step.targets:
+        target = corpus_name(given)
+        extraction = extract(config.extract_config(given))
         evaluation = EvaluationConfig(source_run=str(run.location), target_features=str(extraction.directory), mode=step.mode,
                                       normalization=step.normalization, mapping_file=step.mapping_file)
         report = evaluate_cross_corpus(evaluation)

@@ -47,6 +47,24 @@ def corpus_name(name: str) -> str:
     return key
 
 
+POOL_DELIMITER = ","  # --corpus EMODB,RAVDESS,table:more.csv: a pool of corpora
+
+
+def split_corpora(text: str) -> list[str]:
+    """The corpora of a pool spec (`EMODB,RAVDESS`, `EMODB,table:x.csv`), as given; one name gives a list of one.
+
+    Each is checked (unknown names raise, listing the valid ones) and none may repeat. A table path holding a
+    comma cannot be pooled this way (its name would be cut at the comma)."""
+    parts = [p.strip() for p in str(text).split(POOL_DELIMITER)]
+    if not all(parts):
+        raise ConfigError(f"corpus list {text!r} has an empty entry; write e.g. EMODB,RAVDESS")
+    names = [corpus_name(p) for p in parts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"corpus list {text!r} names {', '.join(repeated)} more than once; name each corpus once")
+    return parts
+
+
 def corpus_root(data_root: Path | str, corpus: str) -> Path:
     """The folder of a registry corpus under `data_root`; for `table:PATH`, the table file itself."""
     table = table_path(corpus)
@@ -91,6 +109,6 @@ def prepare(corpus: str, root: Path | str | None = None, *, on_error: OnError = 
 
 
 __all__ = [
-    "MANIFEST_COLUMNS", "PrepareReport", "READERS", "corpus_name", "corpus_root", "prepare", "prepare_with_report",
-    "reader_options",
+    "MANIFEST_COLUMNS", "POOL_DELIMITER", "PrepareReport", "READERS", "corpus_name", "corpus_root", "prepare", "prepare_with_report",
+    "reader_options", "split_corpora",
 ]

@@ -19,6 +19,13 @@ all stated in every report's protocol:
 - labels: see `ser_dist.evaluation.mapping` (one table, shared by both sides; classes without a
   counterpart are left out of the score and counted).
 
+A source run trained on a pool of corpora (`--corpus EMODB,RAVDESS`, ser_dist.training.pool) is scored like
+any other on a corpus outside its pool; its labels are the pool's shared labels, which the same mapping
+table maps. A target inside the pool is refused (those utterances were training data); in the matrix such
+a cell is the pooled run's own k-fold UAR on that corpus (summary.json `per_corpus`). A model trained with
+`per_corpus` normalisation saw every corpus standardised by that corpus's own statistics, so it is scored
+with `target` normalisation (the target corpus's own statistics); `source` is refused.
+
 The target features must have been computed exactly as the source's (feature type, log-mel
 settings, encoder weights and layers); anything else raises ConfigError naming both.
 """
@@ -164,6 +171,11 @@ class CrossCorpusEvaluator:
                  mapping: LabelMapping | None = None) -> dict:
         """Score the source models on every target utterance that has a counterpart class; plain JSON types."""
         normalization = TargetNormalization.parse(normalization)
+        if normalization is TargetNormalization.SOURCE and "per_corpus" in self.training_normalization:
+            raise ConfigError(
+                f"{self.source_run} was trained with per_corpus normalisation (each corpus by its own statistics): score the "
+                "target with normalization='target' (the target corpus's own statistics, transductive and unlabelled)"
+            )
         if normalization is TargetNormalization.SOURCE and self.ensemble.needs_input_statistics:
             raise ConfigError(
                 f"{self.source_run} was trained with per-speaker normalisation: its stored training statistics are not "
@@ -174,6 +186,7 @@ class CrossCorpusEvaluator:
         table = load_features(target_features)
         self.check_features(table)
         target_corpus = str(table.metadata.get("corpus") or table.meta["corpus"].iloc[0])
+        _refuse_pool_member(self.source_run, target_corpus)
         target_labels = table.meta["label"].astype(str).tolist()
         common = common_label_space(self.labels, set(target_labels), mapping)
         if len(common) < 2:
@@ -265,6 +278,32 @@ def check_pair(source_run: Path | str, target_features: Path | str, *, mode: Eva
     metadata = read_metadata(directory)
     if metadata and metadata.get("feature_config"):  # otherwise load_features says what is wrong
         _check_compatible(source_config, metadata, source=source_run, target=directory)
+    if metadata and metadata.get("corpus"):
+        _refuse_pool_member(source_run, str(metadata["corpus"]))
+
+
+def pool_corpora(source_run: Path | str) -> list[str]:
+    """The corpora a source run pooled for training (run_config.json), [] for a single-corpus run."""
+    pool = (_run_config(Path(source_run)).get("feature_metadata") or {}).get("pool") or {}
+    return [str(c) for c in pool.get("corpora") or []]
+
+
+def _refuse_pool_member(source_run: Path | str, target_corpus: str) -> None:
+    members = pool_corpora(source_run)
+    if target_corpus in members:
+        raise ConfigError(
+            f"{source_run} was trained on the pool {'+'.join(members)}, which holds {target_corpus}: its utterances were training "
+            f"data, so this is no cross-corpus score; the run's own k-fold score on {target_corpus} is in its summary.json (per_corpus)"
+        )
+
+
+def in_pool_uar(source_run: Path | str, corpus: str) -> float:
+    """The pooled run's k-fold test UAR on one of its corpora (summary.json per_corpus); NaN when there is none."""
+    run = RunFolder.of(source_run)
+    if run is None or not run.has_summary():
+        return float("nan")
+    value = ((run.read_summary().get("per_corpus") or {}).get(corpus) or {}).get("uar")
+    return float(value) if value is not None else float("nan")
 
 
 def feature_config_differences(source: Mapping, target: Mapping) -> list[tuple[str, object, object]]:
@@ -465,6 +504,8 @@ def cross_corpus_matrix(source_runs: Mapping[str, str], target_features: Mapping
     Off-diagonal cells are cross-corpus evaluations (one report folder `<SOURCE>_to_<TARGET>` each); a
     diagonal cell (source name == target name) is the source run's in-corpus k-fold pooled UAR from its
     summary.json, over its own full label set, and is labelled as such in matrix.json and the heatmap.
+    A source may be a run trained on a pool (named e.g. `EMODB+RAVDESS`); its cell for a corpus inside the pool
+    is the run's own k-fold UAR on that corpus (summary.json per_corpus), never a cross-corpus evaluation.
     One actor per source loads its checkpoints once and scores all its targets.
     """
     import ray
@@ -475,9 +516,10 @@ def cross_corpus_matrix(source_runs: Mapping[str, str], target_features: Mapping
     mode, normalization = EvaluationMode.parse(mode), TargetNormalization.parse(normalization)
     if not source_runs or not target_features:
         raise ConfigError("cross_corpus_matrix needs at least one source run and one target feature folder")
+    inside = {source: set(pool_corpora(run)) for source, run in source_runs.items()}  # in-pool targets: k-fold scores
     for source, run in source_runs.items():
         for target, features in target_features.items():
-            if target != source:
+            if target != source and target not in inside[source]:
                 check_pair(run, features, mode=mode)
     mapping = load_mapping(mapping_file) if mapping_file else LabelMapping()
     out_dir = Path(out_dir)
@@ -487,7 +529,7 @@ def cross_corpus_matrix(source_runs: Mapping[str, str], target_features: Mapping
     pending = {}
     try:
         for source, run in source_runs.items():  # actors queue for CPUs; each is killed once its targets are scored
-            targets = [t for t in target_features if t != source]
+            targets = [t for t in target_features if t != source and t not in inside[source]]
             if targets:
                 actor = _start_evaluator(run, mode)
                 pending[source] = (actor, {t: actor.evaluate.remote(target_features[t], normalization=normalization, mapping=mapping)
@@ -497,6 +539,10 @@ def cross_corpus_matrix(source_runs: Mapping[str, str], target_features: Mapping
                 matrix.loc[source, source] = in_corpus_uar(run)
                 cells[source][source] = {"kind": "in-corpus k-fold pooled UAR (summary.json), all source classes", "run": str(run),
                                          "uar": _finite(matrix.loc[source, source])}
+            for member in sorted(inside[source] & set(target_features)):
+                matrix.loc[source, member] = in_pool_uar(run, member)
+                cells[source][member] = {"kind": "in-pool k-fold UAR on this corpus (summary.json per_corpus): the pooled run's own "
+                                                 "test folds, on the pool's classes", "run": str(run), "uar": _finite(matrix.loc[source, member])}
             if source not in pending:
                 continue
             actor, refs = pending[source]
@@ -521,6 +567,7 @@ def cross_corpus_matrix(source_runs: Mapping[str, str], target_features: Mapping
         "metric": "uar",
         "rows": "source (trained on)", "columns": "target (tested on)",
         "diagonal": "in-corpus: the source run's own k-fold pooled test UAR (summary.json), not a cross-corpus score",
+        "in_pool": "a pooled source's cells for its own corpora are its k-fold UAR on each (summary.json per_corpus), not cross-corpus",
         "mode": mode.value, "normalization": NORMALIZATION_DESCRIPTIONS[normalization], "mapping": mapping.to_dict(),
         "uar": {s: {t: _finite(v) for t, v in row.items()} for s, row in matrix.iterrows()},
         "cells": cells,

@@ -8,8 +8,8 @@ from typing import Literal
 from ser_dist.errors import ConfigError, UnknownNameError
 from ser_dist.training.presets import apply_preset
 
-Normalization = Literal["train_global", "per_speaker"]
-NORMALIZATIONS = ("train_global", "per_speaker")
+Normalization = Literal["train_global", "per_speaker", "per_corpus"]
+NORMALIZATIONS = ("train_global", "per_speaker", "per_corpus")  # per_corpus: pooled corpora, see training/data.py
 SCHEDULES = ("warmup_cosine", "constant")
 OPTIMIZERS = ("adamw", "adam")
 

@@ -3,6 +3,11 @@
 Normalisation statistics come only from the rows a fold trains on (`train_global`), or from each
 speaker's own frames (`per_speaker`, transductive: a test speaker's unlabelled audio sets its own
 statistics). Validation and test rows never contribute to `train_global` statistics.
+
+`per_corpus` (pooled corpora, training/pool.py): each corpus standardised with the statistics of ITS rows in
+the fold's training part. A corpus with no training rows (the held-out corpus of leave-one-corpus-out) uses
+all of its own frames instead: transductive, its unlabelled audio sets its statistics (`corpus_statistics_source`
+says which corpora did so).
 """
 
 from __future__ import annotations
@@ -43,12 +48,39 @@ class Standardizer:
         return cls(tensors[f"{prefix}.mean"].numpy().astype(np.float32), tensors[f"{prefix}.std"].numpy().astype(np.float32))
 
 
-def normalise(matrices: list[np.ndarray], speakers: list[str], *, train_positions: np.ndarray, mode: str) -> tuple[list[np.ndarray], Standardizer]:
-    """Normalised copies of `matrices`; returns the training-part Standardizer too (stored in checkpoints)."""
+def normalise(matrices: list[np.ndarray], speakers: list[str], *, train_positions: np.ndarray, mode: str,
+              corpora: list[str] | None = None) -> tuple[list[np.ndarray], Standardizer]:
+    """Normalised copies of `matrices`; returns the training-part Standardizer too (stored in checkpoints).
+
+    `corpora` (one per matrix) is needed by mode `per_corpus` only."""
     global_stats = Standardizer.fit([matrices[i] for i in train_positions])
     if mode == "train_global":
         return [global_stats.apply(m) for m in matrices], global_stats
-    return normalise_per_speaker(matrices, speakers), global_stats
+    if mode == "per_corpus":
+        if corpora is None or len(corpora) != len(matrices):
+            raise ValueError(f"per_corpus normalisation needs one corpus per utterance ({len(matrices)}), got "
+                             f"{'none' if corpora is None else len(corpora)}")
+        stats = corpus_statistics(matrices, corpora, train_positions)
+        return [stats[c].apply(m) for m, c in zip(matrices, corpora, strict=True)], global_stats
+    if mode == "per_speaker":
+        return normalise_per_speaker(matrices, speakers), global_stats
+    raise ValueError(f"unknown normalisation mode {mode!r}; expected train_global, per_speaker or per_corpus")
+
+
+def corpus_statistics_source(corpora: list[str], train_positions: np.ndarray) -> dict[str, str]:
+    """Per corpus: "training part" (its training rows set its statistics) or "own frames (transductive)"."""
+    in_train = {corpora[i] for i in np.asarray(train_positions, dtype=np.int64)}
+    return {c: "training part" if c in in_train else "own frames (transductive)" for c in sorted(set(corpora))}
+
+
+def corpus_statistics(matrices: list[np.ndarray], corpora: list[str], train_positions: np.ndarray) -> dict[str, Standardizer]:
+    """One Standardizer per corpus: fitted on its training-part rows, or on all its rows when it has none."""
+    train = np.asarray(train_positions, dtype=np.int64)
+    out = {}
+    for corpus, source in corpus_statistics_source(corpora, train).items():
+        rows = [i for i in train if corpora[i] == corpus] if source == "training part" else [i for i, c in enumerate(corpora) if c == corpus]
+        out[corpus] = Standardizer.fit([matrices[i] for i in rows])
+    return out
 
 
 def normalise_per_speaker(matrices: list[np.ndarray], speakers: list[str]) -> list[np.ndarray]:

@@ -59,6 +59,13 @@ class KFoldConfig:
     # term (train.lmmd_weight > 0) aligns with; its labels are never read.
     adapt_to: str | None = None
     target_normalization: str = "source"  # source: the fold's training statistics; target: the target's own
+    # Pooled training (training/pool.py): further stores pooled with features_path, one per corpus. The pool keeps
+    # the classes every member shares under the cross-corpus mapping (mapping_file overrides entries of the default
+    # table) or `pool_classes`, which must be among them; these two also restrict a single store (a baseline on the
+    # pool's classes). Speakers are namespaced <CORPUS>_<speaker>.
+    pool: tuple[str, ...] = ()
+    pool_classes: tuple[str, ...] = ()
+    mapping_file: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     # Per-fold TrainConfig overrides on top of `train` ({fold: {"lr": ..., "model": {"width": ...}}}), e.g. the
     # config a nested sweep chose for each outer fold; recorded in each fold's result.json and in summary.json.
@@ -78,6 +85,10 @@ class KFoldConfig:
             raise ConfigError(f"checkpoint_every must be >= 0 (0 = no resume checkpoints), got {self.checkpoint_every}")
         if self.data_loading not in DATA_LOADING:
             raise ConfigError(f"data_loading must be one of {', '.join(DATA_LOADING)}, got {self.data_loading!r}")
+        object.__setattr__(self, "pool", tuple(str(p) for p in self.pool or ()))
+        object.__setattr__(self, "pool_classes", tuple(str(c) for c in self.pool_classes or ()))
+        if self.pool and self.candidate_features:
+            raise ConfigError("candidate_features (per-fold feature choice) cannot be combined with a pool; train the pool on one feature type")
         object.__setattr__(self, "fold_train", {int(k): dict(v) for k, v in (self.fold_train or {}).items()})
         for fold, overrides in self.fold_train.items():
             fixed = sorted(set(overrides) & FOLD_FIXED_KEYS)
@@ -93,6 +104,21 @@ class KFoldConfig:
         overrides = self.fold_train.get(int(fold))
         return apply_train_overrides(self.train, overrides) if overrides else self.train
 
+    @property
+    def pooled(self) -> bool:
+        """True when the data go through training/pool.py (several stores, or a mapping / class restriction)."""
+        return bool(self.pool or self.pool_classes or self.mapping_file)
+
+    def load_table(self) -> FeatureTable:
+        """The training table: the store at features_path, or the pool (features_path, *pool)."""
+        if not self.pooled:
+            return load_features(self.features_path, version=self.feature_version)
+        from ser_dist.training.pool import build_pool
+
+        if self.feature_version:
+            raise ConfigError("feature_version picks a version of one store; point features_path and pool at version folders instead")
+        return build_pool([self.features_path, *self.pool], mapping_file=self.mapping_file, classes=self.pool_classes or None)
+
     def run_name(self, dataset: str) -> str:
         if self.name:
             return self.name
@@ -107,6 +133,9 @@ class KFoldConfig:
             del blob["fold_train"]  # runs from before per-fold overrides keep their fingerprint
         if blob["data_loading"] == "memory":  # in-memory runs keep the fingerprint they had before streaming existed
             del blob["data_loading"], blob["stream_buffer_rows"]
+        for key in ("pool", "pool_classes", "mapping_file"):  # likewise runs from before pooling
+            if not blob[key]:
+                del blob[key]
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -168,7 +197,8 @@ def train_fold_worker(loop_config: dict) -> None:
     else:
         payload = ray.get(loop_config["payload"])
         train, val, test = (np.asarray(loop_config[k], dtype=np.int64) for k in ("train_idx", "val_idx", "test_idx"))
-        features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization)
+        features, standardizer = normalise(payload["features"], payload["speakers"], train_positions=train, mode=config.normalization,
+                                           corpora=payload.get("corpora"))
         target_features = None
         if loop_config.get("target") is not None:
             raw_target = ray.get(loop_config["target"])
@@ -280,15 +310,20 @@ def fold_controller_task():
 def run_kfold(config: KFoldConfig) -> dict:
     """Train and score every fold (resuming finished ones); writes and returns the run summary."""
     started = time.perf_counter()
-    index = load_feature_index(config.features_path, version=config.feature_version)
-    if resolve_data_loading(config, index) == "stream":
-        from ser_dist.training.streaming import check_streamable
-
-        check_streamable(normalizations=[config.train_for(k).normalization for k in [*config.fold_train, -1]],
-                         candidate_features=config.candidate_features, adapt_to=config.adapt_to)
-        table = index  # the driver keeps the row index only; the matrices stream to the fold workers
+    if config.pooled:
+        if config.data_loading == "stream":
+            raise ConfigError("data_loading='stream' does not take a pool yet: train the pool with data_loading='memory'")
+        table = config.load_table()
     else:
-        table = load_features(config.features_path, version=config.feature_version)
+        index = load_feature_index(config.features_path, version=config.feature_version)
+        if resolve_data_loading(config, index) == "stream":
+            from ser_dist.training.streaming import check_streamable
+
+            check_streamable(normalizations=[config.train_for(k).normalization for k in [*config.fold_train, -1]],
+                             candidate_features=config.candidate_features, adapt_to=config.adapt_to)
+            table = index  # the driver keeps the row index only; the matrices stream to the fold workers
+        else:
+            table = config.load_table()
     dataset = table.metadata.get("dataset_name") or as_location(config.features_path).name
     location = as_location(config.out) / config.run_name(dataset)
     with StagedDirectory(location, exclude=("ray",)) as staged:
@@ -350,7 +385,8 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable | FeatureIndex, staged: 
                 "features": tables[k].features, "speakers": meta["speaker"].tolist(), "utterance_ids": meta["utterance_id"].tolist(),
                 "y": meta["label"].map(label_index).to_numpy(np.int64), "labels": labels,
                 "feature_config": tables[k].metadata.get("feature_config", {}) | {"encoder": tables[k].metadata.get("encoder", {})},
-                "corpus": meta["corpus"].iloc[0], "features_path": str(tables[k].path),
+                "corpus": tables[k].metadata.get("corpus") or meta["corpus"].iloc[0], "corpora": meta["corpus"].tolist(),
+                "features_path": str(tables[k].path),
             })
             for k in needed
         }
@@ -386,7 +422,7 @@ def _run_kfold(config: KFoldConfig, table: FeatureTable | FeatureIndex, staged: 
             staged.sync()  # a remote run folder gets each finished fold right away
             logger.info("fold %d done: test UAR %s WAR %s (best epoch %d, val UAR %.3f)", fold.index, _fmt(result["uar"]), _fmt(result["war"]), result["best_epoch"], result["best_val_uar"])
     summary = summarise(run, folds, labels, config, wall_seconds=time.perf_counter() - started, n_trained=len(pending),
-                        location=location)
+                        location=location, meta=meta, pool=table.metadata.get("pool"))
     if config.protocol != "full":
         from ser_dist.reporting import write_run_report  # matplotlib/openpyxl load only when a run ends
 
@@ -482,8 +518,11 @@ def _collect_fold(run: RunFolder, fold: Fold, checkpoint, fingerprint: str, *, f
 
 
 def summarise(run_dir: Path | RunFolder, folds: list[Fold], labels: list[str], config: KFoldConfig, *, wall_seconds: float, n_trained: int,
-              location: Location | None = None) -> dict:
-    """Pooled and per-fold scores of a finished run; `location` is where the run lives when `run_dir` is a local mirror."""
+              location: Location | None = None, meta: pd.DataFrame | None = None, pool: dict | None = None) -> dict:
+    """Pooled and per-fold scores of a finished run; `location` is where the run lives when `run_dir` is a local mirror.
+
+    `meta` (the run's rows, aligned with the folds' positions) gives per-corpus scores and per_corpus normalisation's
+    transductive folds when the run pools several corpora; `pool` is the pool's record (training/pool.py)."""
     run = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
     name, where = (location.name, location.redacted()) if location is not None else (run.name, run.location.redacted())
     results = [run.read_result(f.index) for f in folds]
@@ -514,12 +553,16 @@ def summarise(run_dir: Path | RunFolder, folds: list[Fold], labels: list[str], c
         "per_class": pooled["per_class"], "confusion": pooled["confusion"], "n_test": pooled["n"],
         "train_config": config.train.to_dict(), "fold_train": config.fold_train,
         "wall_seconds": wall_seconds, "folds_trained_this_run": n_trained,
-        "normalization": _normalizations(config, [f.index for f in folds]),
+        "normalization": _normalizations(config, [f.index for f in folds], folds=folds, meta=meta),
         "model_selection": (
             "epoch chosen on a validation part carved from each fold's training side; test fold scored once"
             if all(r["n_val"] for r in results) else "no validation part: the last epoch's weights are scored"
         ),
     }
+    if pool is not None:
+        summary["pool"] = pool
+    if meta is not None and meta["corpus"].nunique() > 1:
+        summary["per_corpus"] = per_corpus_scores(predictions, meta, labels)
     if all(run.predictions_file(f.index, last_epoch=True).is_file() for f in folds) and all(r["n_val"] for r in results):
         last = pd.concat([run.read_predictions(f.index, last_epoch=True) for f in folds], ignore_index=True)
         last_report = classification_report(last["true"].tolist(), last["pred"].tolist(), labels)
@@ -532,21 +575,59 @@ def summarise(run_dir: Path | RunFolder, folds: list[Fold], labels: list[str], c
     return summary
 
 
-def _normalizations(config: KFoldConfig, folds: list[int]) -> dict:
-    """normalization_description of the run's mode, or of each fold's when fold_train gives folds different ones."""
-    modes = {k: config.train_for(k).normalization for k in folds}
+def per_corpus_scores(predictions: pd.DataFrame, meta: pd.DataFrame, labels: list[str]) -> dict:
+    """UAR/WAR/macro-F1 of the pooled test predictions, per corpus of the pool (a corpus's missing classes are skipped)."""
+    corpus_of = dict(zip(meta["utterance_id"], meta["corpus"], strict=True))
+    corpora = predictions["utterance_id"].map(corpus_of)
+    out = {}
+    for corpus in sorted(corpora.dropna().unique()):
+        part = predictions[corpora == corpus]
+        present = [label for label in labels if label in set(part["true"])]
+        report = classification_report(part["true"].tolist(), part["pred"].tolist(), present)
+        out[corpus] = {"uar": report["uar"], "war": report["war"], "macro_f1": report["macro_f1"], "n_test": report["n"],
+                       "classes": present, "per_class": report["per_class"]}
+    return out
+
+
+def _normalizations(config: KFoldConfig, fold_indices: list[int], *, folds: list[Fold] | None = None, meta: pd.DataFrame | None = None) -> dict:
+    """normalization_description of the run's mode, or of each fold's when fold_train gives folds different ones.
+
+    With `folds` and `meta`, per_corpus names the folds where a corpus had no training rows (transductive there)."""
+    modes = {k: config.train_for(k).normalization for k in fold_indices}
+    by_index = {f.index: f for f in folds or []}
+
+    def describe(mode: str, indices: list[int]) -> dict:
+        if mode != "per_corpus" or meta is None:
+            return normalization_description(mode)
+        from ser_dist.training.data import corpus_statistics_source
+
+        corpora = meta["corpus"].astype(str).tolist()
+        own = {k: sorted(c for c, src in corpus_statistics_source(corpora, by_index[k].train).items() if src != "training part")
+               for k in indices if k in by_index}
+        return normalization_description(mode, own_statistics={k: v for k, v in own.items() if v})
+
     if len(set(modes.values())) <= 1:
-        return normalization_description(config.train.normalization if not modes else next(iter(modes.values())))
-    per_fold = {k: normalization_description(m) for k, m in modes.items()}
+        mode = config.train.normalization if not modes else next(iter(modes.values()))
+        return describe(mode, fold_indices)
+    per_fold = {k: describe(m, [k]) for k, m in modes.items()}
     return {"mode": "per fold: " + ", ".join(f"{k}={m}" for k, m in modes.items()),
             "transductive": any(d["transductive"] for d in per_fold.values()), "per_fold": per_fold}
 
 
-def normalization_description(mode: str) -> dict:
-    """How a run's inputs were normalised, and whether that read unlabelled test audio (transductive)."""
+def normalization_description(mode: str, *, own_statistics: dict[int, list[str]] | None = None) -> dict:
+    """How a run's inputs were normalised, and whether that read unlabelled test audio (transductive).
+
+    `own_statistics` (per_corpus): fold -> corpora with no training rows there, standardised by their own frames."""
     if mode == "per_speaker":
         return {"mode": mode, "transductive": True,
                 "statistics": "each speaker's own frames (test speakers included: their unlabelled audio sets their statistics)"}
+    if mode == "per_corpus":
+        described = {"mode": mode, "transductive": bool(own_statistics),
+                     "statistics": "each corpus's mean/std over its rows in the fold's training part; a corpus with no training rows "
+                                   "(the held-out corpus of leave-one-corpus-out) uses all of its own frames (transductive, unlabelled)"}
+        if own_statistics:
+            described["own_statistics"] = {str(k): v for k, v in sorted(own_statistics.items())}
+        return described
     return {"mode": mode, "transductive": False, "statistics": "mean/std of the fold's training part only"}
 
 
@@ -560,6 +641,8 @@ def format_summary_table(summary: dict) -> str:
     if summary.get("last_epoch"):
         lines.append(f"last epoch instead of the validation-selected one: UAR {summary['last_epoch']['uar']:.3f}  "
                      f"WAR {summary['last_epoch']['war']:.3f}")
+    for corpus, scores in (summary.get("per_corpus") or {}).items():
+        lines.append(f"  {corpus}: UAR {scores['uar']:.3f}  WAR {scores['war']:.3f}  (n={scores['n_test']})")
     norm = summary.get("normalization") or {}
     if norm:
         lines.append(f"normalisation: {norm['mode']} (transductive: {str(norm['transductive']).lower()})")

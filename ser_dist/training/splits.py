@@ -8,6 +8,8 @@ Every fold holds integer row positions (`iloc`) into the table it was made from.
 - KFOLD          utterance-level stratified k-fold (speaker-dependent: speakers appear on both sides).
 - KFOLD_PLAIN    utterance-level k-fold, not stratified: sklearn `KFold(n, shuffle=True, random_state=seed)`,
                  the split of TIM-Net's reference code (seed 46 there); speaker-dependent.
+- LEAVE_ONE_CORPUS_OUT  pooled tables (`corpus` column, see training/pool.py): one fold per corpus, trained on
+                 the others; validation speakers are carved from the training corpora only.
 
 Validation is carved from each fold's training side. For the speaker-independent protocols it is made of
 whole training speakers (disjoint from train and test), chosen with the seed so that it holds about
@@ -55,6 +57,7 @@ class Protocol(StrEnum):
     LOSESSO = "losesso"  # leave one session out (IEMOCAP)
     KFOLD = "kfold"  # utterance-level stratified k-fold (speaker-dependent)
     KFOLD_PLAIN = "kfold_plain"  # utterance-level sklearn KFold(shuffle=True), as TIM-Net's code (speaker-dependent)
+    LEAVE_ONE_CORPUS_OUT = "leave_one_corpus_out"  # pooled corpora: test on one corpus, train on the others
 
     @classmethod
     def parse(cls, value: Protocol | str) -> Protocol:
@@ -65,7 +68,7 @@ class Protocol(StrEnum):
 
 
 SPEAKER_INDEPENDENT: frozenset[Protocol] = frozenset(
-    {Protocol.LOSO, Protocol.SPEAKER_KFOLD, Protocol.LOSESSO}
+    {Protocol.LOSO, Protocol.SPEAKER_KFOLD, Protocol.LOSESSO, Protocol.LEAVE_ONE_CORPUS_OUT}
 )
 
 _DESCRIPTIONS: dict[Protocol, str] = {
@@ -75,6 +78,8 @@ _DESCRIPTIONS: dict[Protocol, str] = {
     Protocol.KFOLD: "stratified utterance-level k-fold: speakers appear in both train and test",
     Protocol.KFOLD_PLAIN: "utterance-level k-fold, sklearn KFold(shuffle=True, random_state=seed) as in TIM-Net's "
     "reference code: speakers appear in both train and test",
+    Protocol.LEAVE_ONE_CORPUS_OUT: "leave-one-corpus-out: each fold tests on one corpus of the pool, trained on the others "
+    "(no speaker, recording condition or language of the test corpus seen in training)",
 }
 
 
@@ -88,7 +93,7 @@ def protocol_description(
         "protocol": protocol.value,
         "description": _DESCRIPTIONS[protocol],
         "speaker_independent": independent,
-        "test_unit": {Protocol.LOSO: "speaker", Protocol.LOSESSO: "session"}.get(
+        "test_unit": {Protocol.LOSO: "speaker", Protocol.LOSESSO: "session", Protocol.LEAVE_ONE_CORPUS_OUT: "corpus"}.get(
             protocol, "speaker group" if independent else "utterance"
         ),
         "n_folds": n_folds,
@@ -136,6 +141,11 @@ def make_folds(
         if missing:
             raise ConfigError(f"protocol losesso needs a session on every row; {missing} rows have none")
         unit_name = "session"
+    elif protocol is Protocol.LEAVE_ONE_CORPUS_OUT:
+        if "corpus" not in table.columns:
+            raise ConfigError("protocol leave_one_corpus_out needs a 'corpus' column (a pooled table: --corpus EMODB,RAVDESS)")
+        units = table["corpus"].astype(str).to_numpy()
+        unit_name = "corpus"  # groups lie within one speaker (checked below), so within one corpus too
     else:
         units = speakers
         unit_name = "speaker"
