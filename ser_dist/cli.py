@@ -140,6 +140,11 @@ def _add_train(sub) -> None:
                         f"(default: {_default(TrainConfig, 'normalization')})")
     p.add_argument("--workers-per-fold", type=int, default=_default(TrainConfig, "num_workers"), help="Ray Train workers per fold (DDP when > 1)")
     p.add_argument("--max-concurrent-folds", type=int, default=None)
+    p.add_argument("--data-loading", choices=["memory", "stream", "auto"], default=_default(KFoldConfig, "data_loading"),
+                   help="memory: the driver loads the corpus; stream: each fold's workers read their parts from the Parquet store "
+                        "through Ray Data (train_global normalisation, one corpus); auto: stream stores too big for memory (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=_default(KFoldConfig, "checkpoint_every"),
+                   help="save each fold's trainer state every N epochs so a lost worker resumes there; 0 = final only (default: %(default)s)")
     p.add_argument("--out", default=_default(KFoldConfig, "out"), help="(default: %(default)s)")
     p.add_argument("--name", default=None, help="run folder name (default: <dataset>_<protocol>)")
     p.set_defaults(run=_run_train)
@@ -183,7 +188,8 @@ def _run_train(args) -> None:
     paths = [_features_path(args, m) for m in members] if len(members) > 1 else [_features_path(args)]
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip()) if args.classes else ()
     config = KFoldConfig(features_path=paths[0], pool=tuple(paths[1:]), pool_classes=classes, mapping_file=args.mapping,
-                         protocol=args.protocol, n_folds=args.folds, seed=args.seed, out=args.out, name=args.name, train=train)
+                         protocol=args.protocol, n_folds=args.folds, seed=args.seed, out=args.out, name=args.name, train=train,
+                         data_loading=args.data_loading, checkpoint_every=args.checkpoint_every)
     summary = run_kfold(config)
     print(format_summary_table(summary))
     from pathlib import Path

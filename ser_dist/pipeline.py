@@ -86,6 +86,9 @@ class PipelineConfig:
     # k-fold: save each fold's whole trainer state every this many epochs, so a fold whose worker (or
     # worker node) is lost resumes there instead of at epoch 0; 0 = only the final checkpoint
     checkpoint_every: int = 1
+    # k-fold: memory (the driver loads the corpus), stream (fold workers read their parts from the Parquet store through
+    # Ray Data; train_global normalisation, one corpus) or auto (stream a store too big for memory)
+    data_loading: str = "memory"
     sweep: SweepStep = field(default_factory=SweepStep)
     cross_corpus: CrossCorpusStep = field(default_factory=CrossCorpusStep)
 
@@ -142,7 +145,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
             features_path=str(features), pool=tuple(str(s) for s in stores[1:]), pool_classes=config.classes,
             mapping_file=config.mapping_file, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
             out=config.runs_out, name=run_name, train=config.train, val_fraction=config.val_fraction,
-            checkpoint_every=config.checkpoint_every,
+            checkpoint_every=config.checkpoint_every, data_loading=config.data_loading,
         ))
     run = RunFolder(as_location(config.runs_out) / run_name)
     outputs["run"] = run.location.redacted()
@@ -171,7 +174,7 @@ def _sweep_then_final_run(config: PipelineConfig, features: str, base_name: str,
         features_path=features, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
         mode=step.mode, inner_folds=step.inner_folds, num_samples=step.num_samples, epochs=step.epochs or config.train.epochs,
         grace_period=step.grace_period, reduction_factor=step.reduction_factor, space=step.space, base=config.train,
-        out=config.runs_out, name=f"{base_name}_tune", final_run=True,
+        out=config.runs_out, name=f"{base_name}_tune", final_run=True, checkpoint_every=config.checkpoint_every,
     )
     sweep = run_sweep(tune)
     outputs["sweep"] = {k: sweep.get(k) for k in ("run", "location", "mode", "objective", "best_val_uar", "best_params", "fold_configs",

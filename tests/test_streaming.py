@@ -140,3 +140,17 @@ def test_streaming_kfold_end_to_end(ray_cluster, tmp_path):
         for key, value in norm.items():
             np.testing.assert_allclose(value, reference.mean if key.endswith(".mean") else reference.std, atol=1e-5)
     assert folds
+
+
+def test_the_command_line_and_the_pipeline_pass_data_loading_through(tmp_path, capsys):
+    """`ser-dist train --data-loading stream` reaches KFoldConfig: per_speaker is then refused before any training."""
+    from ser_dist.cli import main
+    from ser_dist.pipeline import PipelineConfig
+
+    directory = write_store(tmp_path / "s")
+    code = main(["train", "--features-dir", str(directory), "--corpus", "EMODB", "--protocol", "speaker_kfold", "--folds", "2",
+                 "--normalization", "per_speaker", "--data-loading", "stream", "--out", str(tmp_path / "runs")])
+    assert code == 2
+    assert "per_speaker" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json"))
+    assert PipelineConfig(data_loading="stream").data_loading == "stream"

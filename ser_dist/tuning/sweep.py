@@ -172,6 +172,7 @@ class TuneConfig:
     out: str = "runs"
     name: str | None = None  # run folder; default <dataset>_<protocol>_tune (nested) or ..._tune_shared
     final_run: bool = True  # train and test the chosen config(s) with `run_kfold` (<name>_final)
+    checkpoint_every: int = 1  # the final run's resume checkpoints (KFoldConfig.checkpoint_every); trials do not resume
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -201,7 +202,7 @@ class TuneConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the sweep's trials (not where it runs or what follows it)."""
-        blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name", "max_concurrent_trials", "final_run")}
+        blob = {k: v for k, v in asdict(self).items() if k not in ("out", "name", "max_concurrent_trials", "final_run", "checkpoint_every")}
         blob["base"] = {k: v for k, v in blob["base"].items() if k not in ("max_concurrent_folds", "cpus_per_worker")}
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -535,6 +536,7 @@ class _Sweep:
         final = run_kfold(KFoldConfig(
             features_path=features, protocol=config.protocol, n_folds=config.n_folds, seed=config.seed,
             val_fraction=config.val_fraction, out=config.out, name=f"{self.location.name}_final", train=train, fold_train=fold_train,
+            checkpoint_every=config.checkpoint_every,
         ))
         return final, RunFolder(as_location(config.out) / final["run"])
 
