@@ -11,7 +11,7 @@ still succeed with every fold, the interrupted fold must have continued from its
 result.json: `resumed_from_epochs`), no fold may have started from epoch 0 twice, and a second
 submission must train nothing. Only this test's processes are stopped (never `ray stop`).
 
-How this maps onto `ray up cluster.yaml`: README.multinode.md.
+How this maps onto `ray up cluster.yaml`: README, "Several nodes, and losing one".
 """
 
 from __future__ import annotations
