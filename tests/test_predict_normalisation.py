@@ -31,7 +31,7 @@ def _files(emodb_root: Path) -> list[Path]:
     return others + test
 
 
-def _fold_run(files: list[Path], directory: Path, normalization: str) -> tuple[Path, pd.DataFrame]:
+def _fold_run(files: list[Path], directory: Path, normalization: str, corpora: list[str] | None = None) -> tuple[Path, pd.DataFrame]:
     """One fold trained exactly as a k-fold worker does it (normalise -> fit_fold -> checkpoint); returns
     the checkpoint and the test predictions a run writes to predictions.csv."""
     meta = [parse_emodb_name(f) for f in files]
@@ -43,7 +43,7 @@ def _fold_run(files: list[Path], directory: Path, normalization: str) -> tuple[P
     test = np.array([i for i, s in enumerate(speakers) if s.endswith(TEST_SPEAKER)])
     rest = np.setdiff1d(positions, test)
     train, val = rest[:-6], rest[-6:]
-    normalised, standardizer = normalise(features, speakers, train_positions=train, mode=normalization)
+    normalised, standardizer = normalise(features, speakers, train_positions=train, mode=normalization, corpora=corpora)
     y = np.array([labels.index(m["label"]) for m in meta])
     data = FoldData(labels, normalised, y, [str(f) for f in files], train, val, test, standardizer)
     train_config = TrainConfig(epochs=2, normalization=normalization, model=ModelOptions(width=8, n_blocks=2, time_pool=4))
@@ -96,3 +96,20 @@ def test_per_speaker_model_needs_speakers_enrolment_or_utterance(emodb_root, tmp
     with pytest.raises(SpeakerStatisticsError):
         predict_paths([str(test_files[0])], str(checkpoint))
     assert set(predict_paths([str(test_files[0])], str(checkpoint), normalization="utterance")["normalization"]) == {"utterance"}
+
+
+def test_per_corpus_model_needs_its_corpus_statistics(emodb_root, tmp_path):
+    """A pooled per_corpus model: the test speaker's corpus ("B") has no training rows, so it was normalised by its
+    own frames. The Predictor refuses without group statistics (the stored training statistics are not what the
+    model saw) and reproduces the fold's probabilities when every input is named with its corpus."""
+    files = _files(emodb_root)
+    corpora = ["B" if parse_emodb_name(f)["speaker"].endswith(TEST_SPEAKER) else "A" for f in files]
+    checkpoint, predictions = _fold_run(files, tmp_path / "checkpoint", "per_corpus", corpora=corpora)
+    predictor = Predictor.from_dir(checkpoint)
+    test_files = [Path(p) for p in predictions["utterance_id"]]
+    with pytest.raises(SpeakerStatisticsError, match="per_corpus.*corpus"):
+        predictor.predict_files(test_files)
+    got = predictor.predict_files(test_files, speakers=["B"] * len(test_files))
+    expected = predictions[[f"p_{c}" for c in predictor.labels]].to_numpy()
+    np.testing.assert_allclose([list(p.probabilities.values()) for p in got], expected, atol=1e-5)
+    assert {p.normalization for p in got} == {"per_corpus"}

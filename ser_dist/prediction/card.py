@@ -20,8 +20,8 @@ SCORE_KEYS = ("uar", "war", "macro_f1", "fold_uar", "fold_war", "n_test")
 
 
 def normalization_name(predictor: Predictor) -> str:
-    """`train_global` (training-part statistics), `per_speaker` (each input by its own), or `mixed`."""
-    modes = {"per_speaker" if m.per_utterance_norm else "train_global" for m in predictor.members}
+    """`train_global` (training-part statistics), `per_speaker` / `per_corpus` (each input by its own), or `mixed`."""
+    modes = {m.normalization if m.per_utterance_norm else "train_global" for m in predictor.members}
     return modes.pop() if len(modes) == 1 else "mixed"
 
 
@@ -31,7 +31,7 @@ def model_card(predictor: Predictor) -> dict:
     run = RunFolder.of(source)
     summary = run.read_summary() if run and run.has_summary() else {}
     run_config = run.read_run_config() if run else {}
-    modes = ["per_speaker" if m.per_utterance_norm else "train_global" for m in predictor.members]
+    modes = [m.normalization if m.per_utterance_norm else "train_global" for m in predictor.members]
     return {
         "name": run.name if run else source.name,
         "source": str(source),
@@ -49,7 +49,8 @@ def model_card(predictor: Predictor) -> dict:
             "mode": normalization_name(predictor),
             "per_member": modes,
             "description": {"train_global": "each member's training-part mean/std",
-                            "per_speaker": "each input standardised by its own mean/std (per-speaker training)"}},
+                            "per_speaker": "each input standardised by its own mean/std (per-speaker training)",
+                            "per_corpus": "each input standardised by its own mean/std (per-corpus training)"}},
         "protocol": summary.get("protocol") or run_config.get("protocol"),
         "scores": {k: summary[k] for k in SCORE_KEYS if k in summary} or None,
     }

@@ -10,6 +10,9 @@ Normalisation per member (checkpoint.json `normalization`):
   gives statistics of its own for every input (e.g. a target corpus's, for cross-corpus evaluation).
 - `per_speaker`: statistics of the input's speaker (or of the input itself, "utterance"), which the
   caller must give: the checkpoint cannot know the speaker.
+- `per_corpus` (pooled runs): statistics of the input's corpus (recording condition), which the caller must
+  give in the same way (one group name for every input of that corpus); the training-part statistics the
+  checkpoint stores are not what the model saw.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ser_dist.training.loop import predict_proba
 logger = logging.getLogger(__name__)
 
 CHUNK = 256  # inputs normalised at a time (bounds memory for large corpora)
+INPUT_STATISTICS_MODES = ("per_speaker", "per_corpus")  # normalisations whose statistics come with the input
 
 
 @dataclass
@@ -60,7 +64,7 @@ class Member:
 
     @property
     def per_utterance_norm(self) -> bool:  # kept for callers that ask "does it need input statistics?"
-        return self.normalization == "per_speaker"
+        return self.normalization in INPUT_STATISTICS_MODES
 
 
 class Ensemble:
@@ -136,6 +140,7 @@ class Ensemble:
         if member.per_utterance_norm:
             stats = speaker_statistics[i] if speaker_statistics is not None else None
             if stats is None:
-                raise ModelLoadError(f"{member.path} was trained with per-speaker normalisation; each input needs its speaker's statistics")
+                group = "speaker" if member.normalization == "per_speaker" else "corpus"
+                raise ModelLoadError(f"{member.path} was trained with {member.normalization} normalisation; each input needs its {group}'s statistics")
             return stats
         return member.standardizer

@@ -61,7 +61,7 @@ class Prediction:
     emotion: str  # the most probable class
     probabilities: dict[str, float]  # class -> probability, in the checkpoint's label order; sums to 1
     duration_s: float
-    normalization: str = "train_global"  # train_global | per_speaker | utterance: how this input was normalised
+    normalization: str = "train_global"  # train_global | per_speaker | per_corpus | utterance: how this input was normalised
     speaker: str | None = None
 
 
@@ -138,7 +138,8 @@ class Predictor:
                     f"({feature_config.feature_type.value}) gives {computer.dim}"
                 )
         if ensemble.needs_input_statistics:
-            logger.info("%s was trained with per-speaker normalisation: inputs need their speaker's statistics", directory)
+            logger.info("%s was trained with %s normalisation: inputs need their group's statistics", directory,
+                        "/".join(m for m in ensemble.normalizations if m != "train_global"))
         logger.info("loaded %d checkpoint(s) from %s (%s, labels %s)", len(ensemble.members), directory,
                     feature_config.feature_type.value, ",".join(ensemble.labels))
         return cls(ensemble, feature_config=feature_config, computer=computer,
@@ -146,7 +147,7 @@ class Predictor:
 
     @property
     def needs_speakers(self) -> bool:
-        """True when some member was trained with per-speaker statistics."""
+        """True when some member was trained with per-speaker (or per-corpus) statistics: inputs need their group's."""
         return any(m.per_utterance_norm for m in self.members)
 
     # ---- speakers ------------------------------------------------------------------------------
@@ -185,13 +186,22 @@ class Predictor:
         return self._predictions(list(signals), list(names) if names is not None else [None] * len(signals), speakers)
 
     def input_normalization(self, speakers: Sequence[str | None] | None) -> str:
-        """How inputs with these speakers are normalised: train_global, per_speaker or utterance."""
+        """How inputs with these speakers are normalised: train_global, per_speaker, per_corpus or utterance."""
         if not self.needs_speakers:
             return "train_global"
+        modes = sorted({m.normalization for m in self.members if m.per_utterance_norm})
         if speakers is not None and all(s is not None for s in speakers):
-            return "per_speaker"
+            return modes[0] if len(modes) == 1 else "+".join(modes)
         if self.fallback_normalization == "utterance":
             return "utterance"
+        if modes == ["per_corpus"]:
+            raise SpeakerStatisticsError(
+                f"{self.source} was trained with per_corpus normalisation (each corpus by its own statistics), so each input "
+                "needs the statistics of its corpus or recording condition: pass speakers=[...] with one group name per "
+                "input (the same name for every input of one corpus; `ser-dist predict --speaker-column COLUMN`), "
+                "enroll(name, unlabelled_files) first, or build the predictor with normalization='utterance' "
+                "(`--normalization utterance`) to normalise each input by its own statistics instead (an approximation)"
+            )
         raise SpeakerStatisticsError(
             f"{self.source} was trained with per-speaker normalisation, so each input needs its speaker's statistics: "
             "pass speakers=[...] (one per input; `ser-dist predict --speaker-column COLUMN` with a CSV of paths), "
