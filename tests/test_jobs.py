@@ -107,6 +107,17 @@ def test_every_job_entrypoint_parses(module):
     assert done.returncode == 0 and "--config" in done.stdout and "--set" in done.stdout, done.stderr[-2000:]
 
 
+def test_extract_job_extracts_every_member_of_a_pool(monkeypatch):
+    import jobs.extract as job
+    from ser_dist.api import ExtractConfig
+
+    seen = []
+    monkeypatch.setattr(job, "extract", lambda config: seen.append(config) or config.corpus)
+    assert job.extract_each(ExtractConfig(corpus="EMODB, RAVDESS", features="LOGMEL")) == ["EMODB", "RAVDESS"]
+    assert [c.features for c in seen] == ["LOGMEL", "LOGMEL"]
+    assert job.extract_each(ExtractConfig(corpus="EMODB")) == ["EMODB"]
+
+
 def test_evaluate_job_names_missing_fields(tmp_path):
     done = subprocess.run([sys.executable, "-m", "jobs.evaluate", "--source-run", str(tmp_path)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120, env=os.environ | {"RAY_AUTH_MODE": "disabled"})
