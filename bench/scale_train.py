@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import MemorySampler, format_table, write_result  # noqa: E402
 
+FEATURES = Path(os.environ.get("SER_DIST_FEATURES", REPO / "data" / "features"))  # where `ser-dist extract` put EMODB's stores
 SOURCES = {
-    "LOGMEL": ("/work/main/data/features/LOGMEL/EMODB_LOGMEL", "float32"),
-    "FUSION": ("/work/main/data/features/FUSION/EMODB_FUSION_whisper-tiny.en-L2", "float16"),
+    "LOGMEL": (str(FEATURES / "LOGMEL" / "EMODB_LOGMEL"), "float32"),
+    "FUSION": (str(FEATURES / "FUSION" / "EMODB_FUSION_whisper-tiny.en-L2"), "float16"),
 }
 SCALE_DIR = REPO / "data" / "scale"
 LOG_DIR = REPO / "bench" / "results" / "logs"

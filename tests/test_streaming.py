@@ -154,3 +154,20 @@ def test_the_command_line_and_the_pipeline_pass_data_loading_through(tmp_path, c
     assert "per_speaker" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("result.json"))
     assert PipelineConfig(data_loading="stream").data_loading == "stream"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_batch_moments_in_chunks_equal_the_moments_of_all_frames(tmp_path, monkeypatch, dtype):
+    import ser_dist.training.streaming as streaming
+
+    directory = write_store(tmp_path / "s", dtype=dtype)
+    table = load_features(str(directory))
+    frames = np.concatenate(table.features).astype(np.float64)
+    monkeypatch.setattr(streaming, "MOMENT_CHUNK_FRAMES", 7)  # many chunks, the last one partial
+    arrow = features_to_table(table.meta, table.features, dtype)
+    got = np.asarray(streaming.batch_moments(arrow, dim=table.dim).column("moments")[0].as_py())
+    assert got[0] == frames.shape[0]
+    np.testing.assert_allclose(got[1 : 1 + table.dim], frames.sum(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(got[1 + table.dim :], np.square(frames).sum(axis=0), rtol=1e-9)
+    empty = np.asarray(streaming.batch_moments(arrow.slice(0, 0), dim=table.dim).column("moments")[0].as_py())
+    assert not empty.any()

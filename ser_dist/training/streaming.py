@@ -97,33 +97,23 @@ def part_dataset(dataset, utterance_ids: list[str]):
     return dataset.map_batches(keep, batch_format="pyarrow", batch_size=None, zero_copy_batch=True)
 
 
-def _frame_moments_class():
-    from ray.data.aggregate import AggregateFnV2
-    from ray.data.block import BlockAccessor
+MOMENT_CHUNK_FRAMES = 16384  # frames converted to float64 at a time (bounds a task's extra memory)
 
-    class FrameMoments(AggregateFnV2):
-        """Frame count, per-dimension sum and sum of squares (float64) of the `features` column: one vector
-        [n, sum_1..D, sumsq_1..D] per block, summed across blocks."""
 
-        def __init__(self, dim: int):
-            self.dim = dim
-            super().__init__("frame_moments", zero_factory=functools.partial(np.zeros, 2 * dim + 1), on="features", ignore_nulls=True)
+def batch_moments(table: pa.Table, *, dim: int) -> pa.Table:
+    """One row: [frame count, per-dimension sum, per-dimension sum of squares] (float64) of a batch's `features`.
 
-        def aggregate_block(self, block) -> np.ndarray:
-            table = BlockAccessor.for_block(block).to_arrow()
-            out = np.zeros(2 * self.dim + 1)
-            if table.num_rows:
-                column = table.column("features")  # Ray hands over this column only
-                frames = column.combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float64).reshape(-1, self.dim)  # (sum T_i, D)
-                out[0] = frames.shape[0]
-                out[1 : 1 + self.dim] = frames.sum(axis=0)
-                out[1 + self.dim :] = np.square(frames).sum(axis=0)
-            return out
-
-        def combine(self, current: np.ndarray, new: np.ndarray) -> np.ndarray:
-            return np.asarray(current, np.float64) + np.asarray(new, np.float64)
-
-    return FrameMoments
+    Frames are summed in chunks, so a task holds its batch plus one float64 chunk, whatever the batch size."""
+    out = np.zeros(2 * dim + 1)
+    if table.num_rows:
+        values = table.column("features").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        frames = values.reshape(-1, dim)  # (sum T_i, D), stored dtype (float32 or float16)
+        out[0] = frames.shape[0]
+        for start in range(0, frames.shape[0], MOMENT_CHUNK_FRAMES):
+            chunk = frames[start : start + MOMENT_CHUNK_FRAMES].astype(np.float64)
+            out[1 : 1 + dim] += chunk.sum(axis=0)
+            out[1 + dim :] += np.einsum("ij,ij->j", chunk, chunk)
+    return pa.table({"moments": pa.array([out], pa.list_(pa.float64()))})
 
 
 def standardizer_from_moments(moments: np.ndarray, dim: int, *, eps: float = STD_EPS) -> Standardizer:
@@ -138,9 +128,14 @@ def standardizer_from_moments(moments: np.ndarray, dim: int, *, eps: float = STD
 
 
 def train_statistics(train_dataset, dim: int) -> Standardizer:
-    """The fold's Standardizer from a Ray Data aggregation over its training rows only."""
-    result = train_dataset.aggregate(_frame_moments_class()(dim))
-    return standardizer_from_moments(np.asarray(result["frame_moments"], np.float64), dim)
+    """The fold's Standardizer from its training rows only: per-batch moments computed by Ray Data tasks (a streaming
+    map, no all-to-all aggregation that would buffer blocks), summed here."""
+    moments = train_dataset.map_batches(functools.partial(batch_moments, dim=dim), batch_format="pyarrow", zero_copy_batch=True)
+    total = np.zeros(2 * dim + 1)
+    for batch in moments.iter_batches(batch_format="pyarrow", batch_size=None):
+        for row in batch.column("moments").to_pylist():
+            total += np.asarray(row, np.float64)
+    return standardizer_from_moments(total, dim)
 
 
 @dataclass
