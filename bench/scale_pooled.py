@@ -37,7 +37,7 @@ from common import write_result  # noqa: E402
 from ser_dist.training.config import TrainConfig  # noqa: E402
 from ser_dist.training.kfold import KFoldConfig, run_kfold  # noqa: E402
 
-MAIN_FEATURES = Path(os.environ.get("SER_DIST_FEATURES", REPO / "data" / "features")) / "LOGMEL"  
+MAIN_FEATURES = Path(os.environ.get("SER_DIST_FEATURES", REPO / "data" / "features")) / "LOGMEL"
 DEFAULT_MAPPING = REPO / "configs" / "mapping_shared_only.yaml"
 
 

@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from ser_dist.errors import ConfigError
-from ser_dist.features.store import features_to_table, load_feature_index, load_features, write_metadata, write_part_atomically
+from ser_dist.features.store import (
+    features_to_table,
+    load_feature_index,
+    load_features,
+    write_metadata,
+    write_part_atomically,
+)
 from ser_dist.training.config import AugmentOptions, ModelOptions, TrainConfig
 from ser_dist.training.data import Standardizer
 from ser_dist.training.kfold import KFoldConfig, duplicate_groups, run_kfold
