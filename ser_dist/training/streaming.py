@@ -6,8 +6,12 @@ each row's matrix one record batch at a time. For each fold it then
 
 - builds one Ray Dataset per part (`train`, `val`, `test`) over the store's part files, each
   keeping only that part's utterance ids;
-- computes the fold's normalisation statistics with a Ray Data aggregation over the training part
-  only (frame count, sum and sum of squares per dimension, `FrameMoments`);
+- computes the fold's normalisation statistics from the training part only: Ray Data tasks compute
+  per-batch moments (frame count, sum and sum of squares per dimension, `batch_moments`) that the
+  driver sums;
+- reads the validation part once into Ray's object store (blocks, spilled to disk under pressure; no
+  process holds them) when it is at most `VAL_MATERIALIZE_BYTES`, so the per-epoch validation does not
+  read and filter every part file again; a larger validation part streams like the training part;
 - hands the datasets to the fold's `TorchTrainer` (`datasets=`); the training part is split across
   the fold's workers, validation and test are read whole by every worker.
 
@@ -44,6 +48,7 @@ from ser_dist.training.loop import Batch, PredictFn
 
 STREAM_COLUMNS = ["utterance_id", "label", "n_frames", "dim", "features"]
 PARTS = ("train", "val", "test")
+VAL_MATERIALIZE_BYTES = 2 * 2**30  # a validation part up to this (stored bytes) is read once per fold
 STD_EPS = 1e-5  # as Standardizer.fit
 
 
@@ -153,6 +158,12 @@ class StreamedFolds:
         self.label_index = {label: i for i, label in enumerate(self.labels)}
         self.dataset = stored_dataset(self.index)
 
+    def stored_bytes(self, positions: np.ndarray) -> int:
+        """Bytes of the feature matrices of these rows as stored (float32 or float16)."""
+        rows = self.index.meta.iloc[np.asarray(positions, np.int64)]
+        itemsize = 2 if self.index.storage_dtype == "float16" else 4
+        return itemsize * int((rows["n_frames"].astype(np.int64) * rows["dim"].astype(np.int64)).sum())
+
     def part_ids(self, positions: np.ndarray) -> list[str]:
         return self.index.meta["utterance_id"].iloc[np.asarray(positions, np.int64)].tolist()
 
@@ -161,6 +172,8 @@ class StreamedFolds:
         ids = {part: self.part_ids(getattr(fold, part)) for part in PARTS}
         datasets = {part: part_dataset(self.dataset, ids[part]) for part in PARTS if ids[part]}
         standardizer = train_statistics(datasets["train"], self.index.dim)
+        if "val" in datasets and self.stored_bytes(fold.val) <= VAL_MATERIALIZE_BYTES:
+            datasets["val"] = datasets["val"].materialize()
         datasets["train"] = part_dataset(stored_dataset(self.index, seed=self.seed + 7919 * int(fold.index)), ids["train"])
         meta = self.index.meta
         spec = {
