@@ -15,7 +15,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import pytest
 
 from ser_dist.errors import ConfigError
 from ser_dist.runs import RunFolder, RunFolds
+from tests.processes import processes_of, stop_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent  # the head runs this venv's `ray`, so the job's `python` is this venv's too
@@ -203,52 +203,13 @@ def start_head(root: Path) -> Head:
 
 
 def cluster_processes(head: Head) -> list:
-    """Every live process of this head: its temp dir in the command line or its marker in the environment,
-    plus all their descendants (Ray workers rename themselves `ray::...`)."""
-    import psutil
-
-    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter():
-        if proc.pid in spared:
-            continue
-        try:
-            mine = str(head.temp_dir) in " ".join(proc.cmdline()) or proc.environ().get(MARKER) == head.temp_dir.name
-            if mine:
-                found[proc.pid] = proc
-                found |= {child.pid: child for child in proc.children(recursive=True) if child.pid not in spared}
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    alive = []
-    for proc in found.values():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
+    """Every live process of this head (its temp dir or marker), with their descendants."""
+    return processes_of(head.temp_dir, marker=MARKER, tag=head.temp_dir.name)
 
 
 def stop_head(head: Head, *, grace_s: float = 5.0) -> list[str]:
     """Stop this head only (never `ray stop`): SIGTERM its processes, SIGKILL what is left; returns survivors."""
-    import psutil
-
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        procs = cluster_processes(head)
-        if not procs:
-            break
-        for proc in procs:
-            try:
-                proc.send_signal(sig)
-            except psutil.NoSuchProcess:
-                continue
-        psutil.wait_procs(procs, timeout=wait)
-    survivors = []
-    for proc in cluster_processes(head):
-        try:
-            survivors.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            continue
+    survivors = stop_processes(lambda: cluster_processes(head), grace_s=grace_s)
     shutil.rmtree(head.temp_dir, ignore_errors=True)
     return survivors
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.processes import processes_of, stop_processes
+
 sys.path.insert(0, str(Path(__file__).parent))
 from test_jobs import ANSI_ESCAPE, MARKER, RAY, REPO_ROOT, VENV_BIN, free_port, free_port_range, ray_cli  # noqa: E402
 
@@ -93,52 +95,13 @@ class Cluster:
 
 
 def node_processes(node: Node) -> list:
-    """Every live process of `node`: its temp dir in the command line or its marker in the environment,
-    plus their descendants (Ray workers rename themselves `ray::...`)."""
-    import psutil
-
-    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter():
-        if proc.pid in spared:
-            continue
-        try:
-            if str(node.temp_dir) in " ".join(proc.cmdline()) or proc.environ().get(MARKER) == node.tag:
-                found[proc.pid] = proc
-                found |= {c.pid: c for c in proc.children(recursive=True) if c.pid not in spared}
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    alive = []
-    for proc in found.values():
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return alive
+    """Every live process of `node` (its temp dir or marker), with their descendants."""
+    return processes_of(node.temp_dir, marker=MARKER, tag=node.tag)
 
 
 def kill_node(node: Node, *, sig: signal.Signals = signal.SIGKILL, grace_s: float = 5.0) -> list[str]:
     """Send `sig` to every process of `node` (SIGKILL: a node lost at once), SIGKILL stragglers; returns survivors."""
-    import psutil
-
-    for signum, wait in ((sig, grace_s), (signal.SIGKILL, 5.0)):
-        procs = node_processes(node)
-        if not procs:
-            break
-        for proc in procs:
-            try:
-                proc.send_signal(signum)
-            except psutil.NoSuchProcess:
-                continue
-        psutil.wait_procs(procs, timeout=wait)
-    survivors = []
-    for proc in node_processes(node):
-        try:
-            survivors.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            continue
-    return survivors
+    return stop_processes(lambda: node_processes(node), first=sig, grace_s=grace_s)
 
 
 def node_ports_args() -> list[str]:
