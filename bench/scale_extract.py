@@ -13,7 +13,7 @@ audio in the parts finished after the warm-up / (last part's mtime - warm-up's l
 figure covers the whole call. `os.getloadavg()` is recorded before and after each run: the machine is shared.
 
     python bench/scale_extract.py --label after                   # this checkout's code
-    PYTHONPATH=/work/main python bench/scale_extract.py --label before   # another checkout's library
+    PYTHONPATH=../other-checkout python bench/scale_extract.py --label before   # another checkout's library
 
 Each label's figures replace that label's in bench/results/scale_extract.json; the other label's are kept.
 """
