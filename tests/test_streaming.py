@@ -177,3 +177,16 @@ def test_batch_moments_in_chunks_equal_the_moments_of_all_frames(tmp_path, monke
     np.testing.assert_allclose(got[1 + table.dim :], np.square(frames).sum(axis=0), rtol=1e-9)
     empty = np.asarray(streaming.batch_moments(arrow.slice(0, 0), dim=table.dim).column("moments")[0].as_py())
     assert not empty.any()
+
+
+def test_stream_refuses_a_pool_and_auto_keeps_small_stores_in_memory(tmp_path):
+    from ser_dist.training.kfold import resolve_data_loading
+
+    one, two = write_store(tmp_path / "a"), write_store(tmp_path / "b", seed=1)
+    pooled = KFoldConfig(features_path=str(one), pool=(str(two),), out=str(tmp_path / "runs"), data_loading="stream")
+    with pytest.raises(ConfigError, match="pool"):
+        run_kfold(pooled)
+    assert resolve_data_loading(KFoldConfig(features_path=str(one), data_loading="auto")) == ("memory", None)
+    assert resolve_data_loading(KFoldConfig(features_path=str(one), data_loading="memory")) == ("memory", None)
+    mode, index = resolve_data_loading(KFoldConfig(features_path=str(one), data_loading="stream"))
+    assert mode == "stream" and len(index.meta) == 36

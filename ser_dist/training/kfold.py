@@ -143,14 +143,25 @@ DATA_LOADING = ("memory", "stream", "auto")
 AUTO_STREAM_BYTES = 4 * 2**30  # "auto" streams a store whose float32 matrices take more than this
 
 
-def resolve_data_loading(config: KFoldConfig, index: FeatureIndex) -> str:
-    """"memory" or "stream" for this configuration and store ("auto" streams large stores it can)."""
-    if config.data_loading != "auto":
-        return config.data_loading
+def resolve_data_loading(config: KFoldConfig) -> tuple[str, FeatureIndex | None]:
+    """("memory" | "stream", the store's row index when streaming) for this configuration; "auto" streams a store
+    whose float32 matrices exceed AUTO_STREAM_BYTES when the configuration can stream, and reads the index to know.
+    "stream" with a configuration that cannot stream raises a ConfigError saying why."""
+    from ser_dist.training.streaming import check_streamable, stream_refusal
+
+    if config.data_loading == "memory":
+        return "memory", None
+    rules = {"normalizations": [config.train_for(k).normalization for k in [*config.fold_train, -1]],
+             "candidate_features": config.candidate_features, "adapt_to": config.adapt_to, "pooled": config.pooled}
+    if config.data_loading == "stream":
+        check_streamable(**rules)
+    elif stream_refusal(**rules):
+        return "memory", None
+    index = load_feature_index(config.features_path, version=config.feature_version)
     size = 4 * int((index.meta["n_frames"].astype(np.int64) * index.meta["dim"].astype(np.int64)).sum())
-    streamable = (not config.candidate_features and not config.adapt_to
-                  and all(config.train_for(k).normalization == "train_global" for k in [*config.fold_train, -1]))
-    return "stream" if size > AUTO_STREAM_BYTES and streamable else "memory"
+    if config.data_loading == "auto" and size <= AUTO_STREAM_BYTES:
+        return "memory", None
+    return "stream", index
 
 
 FOLD_FIXED_KEYS = frozenset({"num_workers", "use_gpu", "cpus_per_worker", "max_concurrent_folds"})
@@ -310,20 +321,9 @@ def fold_controller_task():
 def run_kfold(config: KFoldConfig) -> dict:
     """Train and score every fold (resuming finished ones); writes and returns the run summary."""
     started = time.perf_counter()
-    if config.pooled:
-        if config.data_loading == "stream":
-            raise ConfigError("data_loading='stream' does not take a pool yet: train the pool with data_loading='memory'")
-        table = config.load_table()
-    else:
-        index = load_feature_index(config.features_path, version=config.feature_version)
-        if resolve_data_loading(config, index) == "stream":
-            from ser_dist.training.streaming import check_streamable
-
-            check_streamable(normalizations=[config.train_for(k).normalization for k in [*config.fold_train, -1]],
-                             candidate_features=config.candidate_features, adapt_to=config.adapt_to)
-            table = index  # the driver keeps the row index only; the matrices stream to the fold workers
-        else:
-            table = config.load_table()
+    mode, index = resolve_data_loading(config)
+    # streaming: the driver keeps the row index only; the matrices stream to the fold workers
+    table = index if mode == "stream" else config.load_table()
     dataset = table.metadata.get("dataset_name") or as_location(config.features_path).name
     location = as_location(config.out) / config.run_name(dataset)
     with StagedDirectory(location, exclude=("ray",)) as staged:

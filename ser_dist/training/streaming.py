@@ -52,16 +52,25 @@ VAL_MATERIALIZE_BYTES = 2 * 2**30  # a validation part up to this (stored bytes)
 STD_EPS = 1e-5  # as Standardizer.fit
 
 
-def check_streamable(*, normalizations: list[str], candidate_features: tuple[str, ...], adapt_to: str | None) -> None:
-    """Raise a ConfigError naming what streaming cannot do with this configuration."""
+def stream_refusal(*, normalizations: list[str], candidate_features: tuple[str, ...], adapt_to: str | None, pooled: bool = False) -> str | None:
+    """Why streaming cannot train this configuration (a message that says what to use instead), or None."""
+    if pooled:
+        return "data_loading='stream' does not take a pool yet: train the pool with data_loading='memory'"
     if any(mode != "train_global" for mode in normalizations):
-        raise ConfigError("data_loading='stream' supports normalization='train_global' only (per_speaker statistics read every "
-                          "speaker's frames, test speakers included); use data_loading='memory' for per_speaker")
+        return ("data_loading='stream' supports normalization='train_global' only (per_speaker statistics read every "
+                "speaker's frames, test speakers included); use data_loading='memory' for per_speaker")
     if candidate_features:
-        raise ConfigError("data_loading='stream' does not choose between candidate_features; use data_loading='memory'")
+        return "data_loading='stream' does not choose between candidate_features; use data_loading='memory'"
     if adapt_to:
-        raise ConfigError("data_loading='stream' does not support adapt_to (LMMD keeps the target corpus in memory); "
-                          "use data_loading='memory'")
+        return "data_loading='stream' does not support adapt_to (LMMD keeps the target corpus in memory); use data_loading='memory'"
+    return None
+
+
+def check_streamable(**configuration) -> None:
+    """Raise a ConfigError naming what streaming cannot do with this configuration (keywords of `stream_refusal`)."""
+    refusal = stream_refusal(**configuration)
+    if refusal:
+        raise ConfigError(refusal)
 
 
 def streamed_duplicate_groups(index: FeatureIndex, *, batch_rows: int = 256) -> np.ndarray:
